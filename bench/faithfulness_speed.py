@@ -24,6 +24,8 @@ import torch
 import normxlogit as nx
 from normxlogit.data import load_sst2
 
+from efficiency import _cpu_name  # bench/ is on sys.path when this script runs
+
 
 def load(name: str):
     if name == "untrained":
@@ -66,6 +68,8 @@ def main() -> None:
         "examples": len(texts),
         "method": args.method,
         "threads": args.threads,
+        # The engine is bound by the forward passes' matrix products, so the CPU's vector units set the wall time.
+        "cpu": f"{_cpu_name()}, {torch.backends.cpu.get_cpu_capability()}",
         "engine_seconds": round(best, 2),
         "engine_seconds_all": [round(t, 2) for t in times],
         # CPU time / threads: what the wall time would be with the cores to ourselves (a shared machine inflates wall).
