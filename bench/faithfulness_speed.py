@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--method", default="normxlogit")
     parser.add_argument("--model", default="sst2")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-tokens", type=int, default=8192)
+    parser.add_argument("--batch-tokens", type=int, default=None, help="default: nx.evaluate's own")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
