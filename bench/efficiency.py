@@ -103,7 +103,7 @@ def worker(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     try:
-        from normxlogit.finetune import cached_path, pretrained
+        from normxlogit.training import cached_path, pretrained
 
         if not (cached_path("sst2") / "normxlogit.json").is_file():
             raise FileNotFoundError

@@ -31,7 +31,7 @@ def load(name: str):
     if name == "untrained":
         torch.manual_seed(0)
         return nx.load_model("all-MiniLM-L6-v2", task="classification", num_labels=2)
-    from normxlogit.finetune import pretrained
+    from normxlogit.training import pretrained
 
     return pretrained(name)
 

@@ -18,8 +18,8 @@ import torch
 
 import normxlogit as nx
 from normxlogit.data import load_sst2
-from normxlogit.explain import collate, length_batches, model_inputs, tokenize
-from normxlogit.finetune import pretrained
+from normxlogit.core.inputs import collate, length_batches, model_inputs, tokenize
+from normxlogit.training import pretrained
 
 
 def timed(fn, repeats: int) -> float:
@@ -46,7 +46,7 @@ def main() -> None:
     texts = load_sst2("validation")["sentence"][: args.n]
     rows = tokenize(tok, texts, 512)
     batches = [collate(tok, [rows[i] for i in idx], torch.device("cpu"))[0]
-               for idx in length_batches(rows, args.batch_size)]
+               for idx in length_batches([len(r["input_ids"]) for r in rows], batch_size=args.batch_size)]
 
     @torch.no_grad()
     def plain_forward() -> None:

@@ -3,24 +3,29 @@
     import normxlogit as nx
     model, tokenizer = nx.pretrained("sst2")
     attrs = nx.explain(model, tokenizer, ["a gripping film .", "dull ."], method="normxlogit")
+
+The package is layered; each layer imports only those below it: ``settings`` and ``models``; ``core`` (heads, inputs,
+registry, explain, attribution); ``methods``; ``evaluation``; ``data``; ``training``; ``studies``; and on top this
+facade and the CLI. Importing it registers every method and recipe.
 """
 
-from . import methods, occlusion, value_zeroing  # these register leave_one_out, value_zeroing
-from .attribution import Attribution, load_attributions, save_attributions
-from .explain import explain
-from . import baselines  # registers gradient_norm, grad_x_input, integrated_gradients, random
-from .faithfulness import FaithfulnessResult, aopc_table, evaluate, evaluate_methods
-from .heads import HEADS, HeadSpec, UnsupportedModelError, list_architectures, resolve_head
-from .layers import (correlation_summary, layer_agreement, layer_correlations, layer_readouts, rank_correlations,
-                     token_table)
-from .methods import Batch, get_method, list_methods, register_method
+from . import methods, training  # noqa: F401  (registers the methods and the recipes)
+from .core.attribution import Attribution, load_attributions, save_attributions
+from .core.explain import explain
+from .core.heads import HEADS, HeadSpec, UnsupportedModelError, list_architectures, resolve_head
+from .core.inputs import replacement_token_id
+from .core.registry import Batch, get_method, list_methods, register_method
+from .data.evidence import evidence_data
+from .evaluation.agreement import correlation_summary, layer_correlations, rank_correlations, token_table
+from .evaluation.alignment import average_precision, dp, evaluate_alignment, layerwise_scores
+from .evaluation.faithfulness import evaluate, evaluate_methods
+from .evaluation.results import FaithfulnessResult, aopc_table
+from .methods.occlusion import occlude
 from .models import DEFAULT_MODEL, ModelLoadError, default_model_path, load_model
-from .occlusion import occlude, replacement_token_id
 from .settings import cache_dir, pick, profile
-from . import blimp_model, evidence  # blimp_model registers the "blimp" fine-tuning recipe
-from .blimp_model import evidence_data
-from .evidence import average_precision, dp, evaluate_alignment, layerwise_scores
-from .finetune import pretrained, pretrained_info
+from .studies.readouts import layer_agreement, layer_readouts
+from .training import pretrained, pretrained_info
+from . import data, evaluation, settings, studies  # noqa: E402  (subpackages as nx.data, nx.evaluation, ...)
 
 __version__ = "0.1.0"
 
@@ -29,12 +34,15 @@ __all__ = [
     "cache_dir", "default_model_path", "explain", "get_method", "list_architectures", "list_methods",
     "load_attributions", "load_model", "methods", "pick", "profile", "register_method", "resolve_head",
     "save_attributions",
-    # chapter 4: baselines and faithfulness
-    "FaithfulnessResult", "aopc_table", "baselines", "evaluate", "evaluate_methods",
-    # chapter 3: layer-wise read-outs and leave-one-out occlusion
+    # faithfulness
+    "FaithfulnessResult", "aopc_table", "evaluate", "evaluate_methods",
+    # layer-wise read-outs, rank agreement and occlusion
     "correlation_summary", "layer_agreement", "layer_correlations", "layer_readouts", "occlude", "rank_correlations",
     "replacement_token_id", "token_table",
-    # chapter 5: layer-wise evidence alignment on BLiMP
-    "average_precision", "dp", "evaluate_alignment", "evidence", "evidence_data", "layerwise_scores",
+    # layer-wise evidence alignment on BLiMP
+    "average_precision", "dp", "evaluate_alignment", "evidence_data", "layerwise_scores",
+    # models
     "pretrained", "pretrained_info",
+    # subpackages
+    "data", "evaluation", "settings", "studies", "training",
 ]

@@ -60,8 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace):
-    from .finetune import list_recipes, pretrained
     from .models import load_model
+    from .training import list_recipes, pretrained
 
     if args.model in list_recipes():
         return pretrained(args.model)
@@ -87,7 +87,7 @@ def _render_html(attrs) -> str:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from .explain import explain
+    from .core.explain import explain
 
     texts: list = list(args.texts)
     if args.pair is not None:
@@ -104,12 +104,46 @@ def _explain(args: argparse.Namespace) -> int:
     else:
         colour = args.color == "always" or (args.color == "auto" and args.output is None and sys.stdout.isatty())
         out = _render_text(attrs, colour)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            fh.write(out)
-        print(f"wrote {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(out)
+    return _write(out, args.output)
+
+
+def _write(text: str, path: str | None) -> int:
+    """Write ``text`` to ``path`` (standard output when None); a clear error for a path that cannot be written."""
+    if not path:
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as err:
+        raise ValueError(f"cannot write {path!r} ({err.strerror or err}); pass -o a writable file path.") from None
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _finetune(names: Sequence[str], force: bool = False) -> int:
+    """Fine-tune (or load from cache) each named model and print its validation metric and cache path."""
+    from .training import cached_path, list_recipes, pretrained, pretrained_info
+
+    names = list(names) or list_recipes()
+    unknown = [n for n in names if n not in list_recipes()]
+    if unknown:
+        raise ValueError(f"Unknown model(s) {', '.join(unknown)}; available: {', '.join(list_recipes())}.")
+    for name in names:
+        pretrained(name, force=force)
+        info = pretrained_info(name)
+        print(
+            f"{name}: {info['metric']} = {info['metric_value']:.4f} on {info['recipe']['eval_split']} "
+            f"({info['eval_examples']} examples), trained in {info['train_time_s']:.0f} s -> {cached_path(name)}"
+        )
+    return 0
+
+
+def _methods() -> int:
+    from .core.registry import get_method, list_methods
+
+    for name in list_methods():
+        print(f"{name:<22} {get_method(name).description}")
     return 0
 
 
@@ -124,15 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "explain":
             return _explain(args)
         if args.command == "finetune":
-            from .finetune import finetune_cli
-
-            finetune_cli(args.names, force=args.force)
-            return 0
-        from .methods import METHODS
-
-        for name in sorted(METHODS):
-            print(f"{name:<22} {METHODS[name].description}")
-        return 0
+            return _finetune(args.names, force=args.force)
+        return _methods()
     except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
         # Input errors are the user's to fix: one clear line, no traceback.
         print(f"normxlogit: error: {err}", file=sys.stderr)

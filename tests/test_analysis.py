@@ -9,7 +9,10 @@ import torch
 import transformers as tf
 from scipy import stats
 
-import normxlogit.analysis as na
+import normxlogit.studies.norms as na
+import normxlogit.studies.pretraining as npre
+from normxlogit.evaluation import stats as nstats
+from normxlogit.evaluation.stats import spearman_with_ci
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +51,10 @@ def test_join_frequencies_flags_unknown_words():
 
 def test_spearman_on_monotone_data_is_one():
     x = np.arange(50.0)
-    res = na.spearman_with_ci(x, x**3, n_boot=200)
+    res = spearman_with_ci(x, x**3, n_boot=200)
     assert res["rho"] == pytest.approx(1.0) and res["low"] == pytest.approx(1.0) and res["high"] == pytest.approx(1.0)
     assert res["n"] == 50
-    assert na.spearman_with_ci(x, -x, n_boot=50)["rho"] == pytest.approx(-1.0)
+    assert spearman_with_ci(x, -x, n_boot=50)["rho"] == pytest.approx(-1.0)
 
 
 def test_spearman_ci_covers_the_true_value():
@@ -59,12 +62,12 @@ def test_spearman_ci_covers_the_true_value():
     r = 0.6  # bivariate normal: population Spearman = 6/pi * arcsin(r/2)
     z = rng.multivariate_normal([0, 0], [[1, r], [r, 1]], size=2000)
     true = 6 / np.pi * np.arcsin(r / 2)
-    res = na.spearman_with_ci(z[:, 0], z[:, 1], n_boot=500, seed=1)
+    res = spearman_with_ci(z[:, 0], z[:, 1], n_boot=500, seed=1)
     assert res["low"] < true < res["high"] and res["low"] < res["rho"] < res["high"]
     assert res["high"] - res["low"] < 0.1
     # NaN pairs are dropped
     x = np.r_[z[:, 0], np.nan]
-    assert na.spearman_with_ci(x, np.r_[z[:, 1], 0.0], n_boot=10)["n"] == 2000
+    assert spearman_with_ci(x, np.r_[z[:, 1], 0.0], n_boot=10)["n"] == 2000
 
 
 def test_resampled_spearman_equals_ranking_each_resample():
@@ -73,7 +76,7 @@ def test_resampled_spearman_equals_ranking_each_resample():
     y = x + rng.normal(0, 4, 300)
     idx = rng.integers(0, 300, (25, 300))
     ref = [stats.spearmanr(x[i], y[i]).statistic for i in idx]
-    np.testing.assert_allclose(na._resampled_spearman(x, y, idx), ref, atol=1e-12)
+    np.testing.assert_allclose(nstats._resampled_spearman(x, y, idx), ref, atol=1e-12)
 
 
 def test_word_class():
@@ -131,28 +134,28 @@ def test_pretrain_small_mlm_is_reproducible(tokenizer, tmp_path):
     kwargs = dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, steps=4, batch_size=4,
                   checkpoint_every=2, tokenizer=tokenizer, max_length=16, progress=False, num_threads=1)
     state, threads = torch.get_rng_state(), torch.get_num_threads()
-    a = na.pretrain_small_mlm(texts, seed=0, cache=tmp_path, **kwargs)
+    a = npre.pretrain_small_mlm(texts, seed=0, cache=tmp_path, **kwargs)
     assert torch.equal(state, torch.get_rng_state())  # the caller's RNG and threads are left alone
     assert torch.get_num_threads() == threads
     assert len(list(tmp_path.glob("*.npz"))) == 1
-    b = na.pretrain_small_mlm(texts, seed=0, **kwargs)
-    c = na.pretrain_small_mlm(texts, seed=1, **kwargs)
+    b = npre.pretrain_small_mlm(texts, seed=0, **kwargs)
+    c = npre.pretrain_small_mlm(texts, seed=1, **kwargs)
     assert [ck.step for ck in a] == [0, 2, 4]
     assert [ck.loss for ck in a] == [ck.loss for ck in b] and [ck.loss for ck in a] != [ck.loss for ck in c]
     assert all(np.array_equal(x.norms, y.norms) for x, y in zip(a, b, strict=True))
     assert a[0].norms.shape == (len(tokenizer),) and a[0].loss == pytest.approx(np.log(len(tokenizer)), rel=0.05)
     assert not np.array_equal(a[0].norms, a[-1].norms)  # training moved the embeddings
 
-    again = na.pretrain_small_mlm(texts, seed=0, cache=tmp_path, **kwargs)  # loaded, not trained
+    again = npre.pretrain_small_mlm(texts, seed=0, cache=tmp_path, **kwargs)  # loaded, not trained
     assert [ck.loss for ck in again] == [ck.loss for ck in a]
     assert all(np.array_equal(x.norms, y.norms) for x, y in zip(a, again, strict=True))
 
-    curve = na.norm_frequency_curve(a, tokenizer, n_boot=20)
+    curve = npre.norm_frequency_curve(a, tokenizer, n_boot=20)
     assert curve.columns.tolist() == ["step", "loss", "seconds", "rho", "low", "high", "n"]
     assert curve.step.tolist() == [0, 2, 4] and (curve.n > 10_000).all()
     assert ((curve.low <= curve.rho) & (curve.rho <= curve.high)).all()
     counts = na.token_counts(texts, tokenizer)
     assert counts.shape == (len(tokenizer),) and counts[tokenizer.cls_token_id] == len(texts)
     assert counts[tokenizer.convert_tokens_to_ids("film")] == 3
-    by_counts = na.norm_frequency_curve(a, tokenizer, counts=counts, n_boot=20)
+    by_counts = npre.norm_frequency_curve(a, tokenizer, counts=counts, n_boot=20)
     assert (by_counts.n == 17).all()  # the distinct whole words of the texts, "." excluded

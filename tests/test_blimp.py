@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from normxlogit import blimp
-from normxlogit.blimp import BlimpExample, SkippedPair
-from normxlogit.data import DataNotFoundError, data_dirs
+from normxlogit.data import blimp, evidence
+from normxlogit.data.benchmarks import DataNotFoundError, data_dirs
+from normxlogit.data.blimp import BlimpExample, SkippedPair
 
 GOLD_PATH = Path(__file__).parent / "data" / "blimp_gold.jsonl"
 
@@ -118,7 +118,7 @@ def records() -> dict[str, dict[str, dict]]:
     """All records of every supported paradigm, by paradigm and pair id (read once)."""
     if _blimp_root() is None:
         pytest.skip("no local BLiMP copy")
-    return {p: {r["pairID"]: r for r in blimp._load_records(p, None)} for p in blimp.AGREEMENT_PARADIGMS}
+    return {p: {r["pairID"]: r for r in blimp.load_records(p, None)} for p in blimp.AGREEMENT_PARADIGMS}
 
 
 def _gold() -> list[dict]:
@@ -197,7 +197,7 @@ def bpe():
     texts = [
         blimp.expand_contractions(r[key])
         for p in blimp.PAPER_PARADIGMS
-        for r in blimp._load_records(p, None)
+        for r in blimp.load_records(p, None)
         for key in ("sentence_good", "sentence_bad")
     ]
     special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
@@ -241,7 +241,7 @@ def test_token_positions_with_wordpiece(minilm) -> None:
         "The newspaper articles about Galileo aren't boring Kyrgyzstan's plumbers.",
         "The newspaper articles about Galileo isn't boring Kyrgyzstan's plumbers.",
     )
-    tokenized = blimp.to_token_positions(example, minilm)
+    tokenized = evidence.to_token_positions(example, minilm)
     assert not isinstance(tokenized, SkippedPair)
     _check_mapping(tokenized, minilm)
     assert tokenized.target_id == minilm.convert_tokens_to_ids("are")
@@ -257,7 +257,7 @@ def test_multi_piece_cue_gives_all_its_pieces(minilm) -> None:
     example = _example(
         "regular_plural_subject_verb_agreement_1", "Kyrgyzstanis aren't leaving.", "Kyrgyzstanis isn't leaving."
     )
-    tokenized = blimp.to_token_positions(example, minilm)
+    tokenized = evidence.to_token_positions(example, minilm)
     assert len(tokenized.cue_positions) > 1
     assert tokenized.cue_positions == list(range(1, 1 + len(tokenized.cue_positions)))
     _check_mapping(tokenized, minilm)
@@ -273,7 +273,7 @@ def test_multi_piece_cue_gives_all_its_pieces(minilm) -> None:
 )
 def test_target_and_foil_must_be_single_tokens(minilm, good, bad, reason) -> None:
     paradigm = "determiner_noun_agreement_2" if reason is None else "determiner_noun_agreement_1"
-    tokenized = blimp.to_token_positions(_example(paradigm, good, bad), minilm)
+    tokenized = evidence.to_token_positions(_example(paradigm, good, bad), minilm)
     if reason is None:
         _check_mapping(tokenized, minilm)
     else:
@@ -284,9 +284,9 @@ def test_token_positions_with_byte_level_bpe(bpe) -> None:
     examples = [
         blimp.annotate_pair(r, p)
         for p in blimp.PAPER_PARADIGMS
-        for r in blimp._load_records(p, None)[:150]
+        for r in blimp.load_records(p, None)[:150]
     ]
-    results = [blimp.to_token_positions(e, bpe) for e in examples if isinstance(e, BlimpExample)]
+    results = [evidence.to_token_positions(e, bpe) for e in examples if isinstance(e, BlimpExample)]
     kept = [r for r in results if not isinstance(r, SkippedPair)]
     assert len(kept) > 300
     split_cues = 0
@@ -305,10 +305,10 @@ def test_slow_or_maskless_tokenizers_are_refused(minilm) -> None:
 
     example = _example("anaphor_number_agreement", "Kim likes herself.", "Kim likes themselves.")
     with pytest.raises(TypeError, match="fast tokenizer"):
-        blimp.to_token_positions(example, BertTokenizer.from_pretrained(default_model_path()))
+        evidence.to_token_positions(example, BertTokenizer.from_pretrained(default_model_path()))
     no_mask = PreTrainedTokenizerFast(tokenizer_object=minilm.backend_tokenizer)  # like GPT-2: no mask token
     with pytest.raises(ValueError, match="no mask token"):
-        blimp.to_token_positions(example, no_mask)
+        evidence.to_token_positions(example, no_mask)
 
 
 # --------------------------------------------------------------------------------------------------- dataset, halves
@@ -328,7 +328,7 @@ def small_data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dataset(minilm, small_data_dir):
-    return blimp.build_dataset(blimp.PAPER_PARADIGMS, minilm, data_dir=small_data_dir)
+    return evidence.build_dataset(blimp.PAPER_PARADIGMS, minilm, data_dir=small_data_dir)
 
 
 def test_build_dataset_rows_and_stats(dataset, minilm) -> None:
@@ -350,8 +350,8 @@ def test_build_dataset_rows_and_stats(dataset, minilm) -> None:
 
 def test_split_halves_is_deterministic_and_disjoint(dataset) -> None:
     ds, _ = dataset
-    halves = blimp.split_halves(ds, seed=42)
-    again = blimp.split_halves(ds, seed=42)
+    halves = evidence.split_halves(ds, seed=42)
+    again = evidence.split_halves(ds, seed=42)
     keys = {name: [(r["paradigm"], r["pair_id"]) for r in part] for name, part in halves.items()}
     assert keys == {name: [(r["paradigm"], r["pair_id"]) for r in part] for name, part in again.items()}
     finetune, evaluation = set(keys["finetune"]), set(keys["eval"])
@@ -361,5 +361,5 @@ def test_split_halves_is_deterministic_and_disjoint(dataset) -> None:
         n_fine = sum(p == paradigm for p, _ in finetune)
         n_eval = sum(p == paradigm for p, _ in evaluation)
         assert n_eval - n_fine in (0, 1)
-    other = blimp.split_halves(ds, seed=0)
+    other = evidence.split_halves(ds, seed=0)
     assert {(r["paradigm"], r["pair_id"]) for r in other["finetune"]} != finetune

@@ -6,7 +6,8 @@ import datasets
 import pytest
 from datasets import Dataset
 
-from normxlogit import data, settings
+from normxlogit import settings
+from normxlogit.data import benchmarks as data
 
 SHARED = next((d for d in data.data_dirs() if (d / "sst2" / "validation.tsv").is_file()), None)
 needs_shared = pytest.mark.skipif(SHARED is None, reason="no local copy of shared/data")

@@ -8,10 +8,11 @@ import torch
 from datasets import Dataset
 
 import normxlogit as nx
-from normxlogit import evidence
-from normxlogit.evidence import average_precision, dp, id_logits, layerwise_scores
-from normxlogit.methods import token_norms  # noqa: F401  (the helpers the per-layer methods mirror)
-from normxlogit.value_zeroing import value_zeroing
+from normxlogit.core.heads import id_logits
+from normxlogit.evaluation import alignment as evidence
+from normxlogit.evaluation.alignment import average_precision, dp, layerwise_scores
+from normxlogit.methods.value_zeroing import value_zeroing
+from normxlogit.studies.paper import paper_reference
 
 
 # --- metrics --------------------------------------------------------------------------------------------------------
@@ -174,12 +175,12 @@ def test_bad_input_is_refused(make_tiny, tiny_dataset):
 
 
 def test_paper_reference_alignment():
-    ref = evidence.paper_reference(6)
+    ref = paper_reference(6)
     row = ref.query("method == 'normxlogit' and layer == 3").iloc[0]
     assert row["paper_layers"] == "5-6" and row["paper_AP"] == pytest.approx((.35 + .38) / 2)
-    assert len(evidence.paper_reference(12)) == 5 * 12
+    assert len(paper_reference(12)) == 5 * 12
     with pytest.raises(ValueError):
-        evidence.paper_reference(5)
+        paper_reference(5)
 
 
 # --- the BLiMP masked LM and its recipe ------------------------------------------------------------------------------
@@ -190,27 +191,27 @@ def test_minilm_mlm_has_a_tied_decoder_and_a_new_transform():
     new = set(info["missing_keys"])
     assert {"cls.predictions.transform.dense.weight", "cls.predictions.transform.LayerNorm.weight"} <= new
     assert all(k.startswith("cls.") for k in new)  # the encoder itself is loaded
-    from normxlogit.blimp_model import check_mlm_head
+    from normxlogit.training.masked_pairs import check_mlm_head
 
     check_mlm_head(model)  # the decoder is the word-embedding matrix
 
 
 def test_blimp_recipe_is_the_authors(make_tiny):
-    from normxlogit import finetune
-    from normxlogit.blimp_model import RECIPE
+    from normxlogit.training import get_recipe
+    from normxlogit.training.zoo import BLIMP_RECIPE as RECIPE
 
-    assert finetune.get_recipe("blimp") is RECIPE
+    assert get_recipe("blimp") is RECIPE
     assert (RECIPE.task, RECIPE.batch_size, RECIPE.lr, RECIPE.warmup_ratio, RECIPE.seed) == ("masked-lm", 64, 3e-5,
                                                                                             0.1, 42)
     assert RECIPE.train_split == "finetune" and RECIPE.eval_split == "eval"
 
 
 def test_pair_logits_equal_the_full_head(make_tiny, tiny_dataset):
-    from normxlogit.blimp_model import _batch, _columns, pair_logits, predict_pairs
+    from normxlogit.training.masked_pairs import _columns, _pair_batch, pair_logits, predict_pairs
 
     model, tokenizer = make_tiny("bert", "masked-lm")
     data = _columns(tiny_dataset)
-    ids, mask, positions, pair = _batch(data, range(len(tiny_dataset)), tokenizer.pad_token_id, torch.device("cpu"))
+    ids, mask, positions, pair = _pair_batch(data, range(len(tiny_dataset)), tokenizer.pad_token_id, torch.device("cpu"))
     with torch.no_grad():
         got = pair_logits(model, ids, mask, positions, pair)
         full = model(input_ids=ids, attention_mask=mask).logits
@@ -224,14 +225,15 @@ def test_training_loop_runs_and_learns_the_pairs(make_tiny, tiny_dataset, monkey
     import dataclasses
 
     from datasets import DatasetDict
-    from normxlogit import blimp_model
+    from normxlogit.training import masked_pairs as blimp_model
+    from normxlogit.training.zoo import BLIMP_RECIPE
 
     model, tokenizer = make_tiny("bert", "masked-lm")
     model = copy.deepcopy(model)
     halves = DatasetDict(finetune=tiny_dataset, eval=tiny_dataset)
     monkeypatch.setattr(blimp_model, "evidence_data", lambda *args, **kwargs: (halves, {}))
-    recipe = dataclasses.replace(blimp_model.RECIPE, epochs=30, batch_size=2,
-                                 options={**blimp_model.RECIPE.options, "paradigms": ["p0", "p1"]})
+    recipe = dataclasses.replace(BLIMP_RECIPE, epochs=30, batch_size=2,
+                                 options={**BLIMP_RECIPE.options, "paradigms": ["p0", "p1"]})
     torch.manual_seed(0)
     stats = blimp_model.train_blimp_mlm(model, tokenizer, recipe, device=torch.device("cpu"))
     assert stats["steps"] == 30 * 2 and not model.training

@@ -9,16 +9,9 @@ import pytest
 import torch
 
 import normxlogit as nx
-from normxlogit.explain import model_inputs
-from normxlogit.faithfulness import (
-    DEFAULT_RATIOS,
-    METRICS,
-    FaithfulnessResult,
-    paired_difference,
-    perturb,
-    ranked_positions,
-    top_count,
-)
+from normxlogit.core.inputs import model_inputs
+from normxlogit.evaluation.perturbation import DEFAULT_RATIOS, perturb, ranked_positions, top_count
+from normxlogit.evaluation.results import METRICS, FaithfulnessResult, paired_difference
 
 TEXTS = [
     "a gripping , funny and thoroughly entertaining film .",
@@ -121,8 +114,12 @@ def test_endpoints_and_method_name(make_tiny):
     assert curves.loc[1.0, "comprehensiveness_cd"] == curves.loc[0.0, "sufficiency_cd"]
     assert r.method == "random" and r.replacement == "mask" and r.protocol == "clean"
     assert r.meta["replacement_token"] == "[MASK]"
-    mask = (np.array(r.ratios) > 0) & (np.array(r.ratios) < 1)
-    assert r.aopc["comprehensiveness_cd"] == pytest.approx(curves["comprehensiveness_cd"][mask].mean())
+    # AOPC against the plain loop's curve, averaged over 10%..90% by hand.
+    attrs = nx.explain(model, tok, TEXTS, method="random")
+    expected = reference(model, tok, attrs, DEFAULT_RATIOS, "clean", "mask", LABELS)
+    for metric in ("comprehensiveness_cd", "sufficiency_cd", "comprehensiveness_accuracy"):
+        inner = [value for k, value in zip(DEFAULT_RATIOS, expected[metric]) if k not in (0.0, 1.0)]
+        assert len(inner) == 9 and r.aopc[metric] == pytest.approx(sum(inner) / 9, abs=1e-5)
 
 
 def test_rankings_and_counts():
@@ -259,7 +256,7 @@ def test_evaluate_methods_matches_evaluate_and_caches(tmp_path, make_tiny, monke
     def fail(*args, **kwargs):
         raise AssertionError("cached results must not be recomputed")
 
-    monkeypatch.setattr("normxlogit.faithfulness.explain", fail)
+    monkeypatch.setattr("normxlogit.evaluation.faithfulness.attribute", fail)
     again = nx.evaluate_methods(model, tok, TEXTS, ["random", "gradient_norm"], labels=LABELS,
                                 protocols=("clean", "paper"), cache=tmp_path)
     for a, b in zip(results, again):
@@ -269,7 +266,7 @@ def test_evaluate_methods_matches_evaluate_and_caches(tmp_path, make_tiny, monke
 
 
 def test_paper_comparison_and_special_tokens_ranked_first(make_tiny):
-    from normxlogit.faithfulness import PAPER_COMPREHENSIVENESS, paper_comparison
+    from normxlogit.studies.paper import PAPER_COMPREHENSIVENESS, paper_comparison
 
     model, tok = make_tiny("bert", "classification")
     attrs = [nx.Attribution(**{**a.to_dict(), "scores": np.where(np.arange(len(a)) == len(a) - 1, 1e9, a.scores)})
@@ -287,7 +284,7 @@ def test_paper_comparison_and_special_tokens_ranked_first(make_tiny):
 
 
 def test_perturbation_table_shows_what_the_model_sees():
-    from normxlogit.faithfulness import perturbation_table
+    from normxlogit.evaluation.perturbation import perturbation_table
     import transformers as tf
 
     tok = tf.AutoTokenizer.from_pretrained(nx.default_model_path())

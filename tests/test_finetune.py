@@ -10,7 +10,8 @@ import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 
-from normxlogit import finetune as F
+from normxlogit import cli
+from normxlogit.training import loop, recipes, sequence, store
 from normxlogit.models import default_model_path
 
 _WORDS = ["good", "great", "fine", "bad", "awful", "poor"]
@@ -60,13 +61,13 @@ def tiny_base(tmp_path_factory) -> str:
 def registry(tmp_path, monkeypatch, tiny_base):
     """A private recipe registry with tiny recipes, and a private cache folder."""
     monkeypatch.setenv("NORMXLOGIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(F, "_RECIPES", dict(F._RECIPES))
+    monkeypatch.setattr(recipes, "_RECIPES", dict(recipes._RECIPES))
     # One thread: a tiny model gains nothing from two, and thread hand-offs dominate on a busy machine.
-    monkeypatch.setattr(F, "_available_cores", lambda: 1)
+    monkeypatch.setattr(store, "available_cores", lambda: 1)
     small = {"base_model": tiny_base, "batch_size": 8, "max_length": 16, "lr": 1e-3, "warmup_ratio": 0.0}
-    F.register_recipe(
+    recipes.register_recipe(
         "tiny",
-        F.Recipe(
+        recipes.Recipe(
             task="classification",
             num_labels=2,
             label_names=("neg", "pos"),
@@ -78,9 +79,9 @@ def registry(tmp_path, monkeypatch, tiny_base):
             **small,
         ),
     )
-    F.register_recipe(
+    recipes.register_recipe(
         "tiny-reg",
-        F.Recipe(
+        recipes.Recipe(
             task="regression",
             num_labels=1,
             load_data=tiny_similarity,
@@ -96,35 +97,35 @@ def registry(tmp_path, monkeypatch, tiny_base):
 
 def _count_training(monkeypatch) -> list[int]:
     calls: list[int] = []
-    real = F.train_sequence_model
+    real = sequence.train_sequence_model
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(F, "train_sequence_model", counting)
+    monkeypatch.setattr(store, "train_sequence_model", counting)
     return calls
 
 
 def test_builtin_recipes():
-    assert {"sst2", "stsb"} <= set(F.list_recipes())
-    sst2, stsb = F.get_recipe("sst2"), F.get_recipe("stsb")
+    assert {"sst2", "stsb"} <= set(recipes.list_recipes())
+    sst2, stsb = recipes.get_recipe("sst2"), recipes.get_recipe("stsb")
     assert (sst2.task, sst2.num_labels, sst2.metric) == ("classification", 2, "accuracy")
     assert (stsb.task, stsb.num_labels, stsb.metric) == ("regression", 1, "pearson")
-    assert F.cached_path("sst2").name == f"sst2-{F.recipe_hash(sst2)}"
+    assert store.cached_path("sst2").name == f"sst2-{recipes.recipe_hash(sst2)}"
 
 
 def test_trains_once_then_loads_from_cache(registry, monkeypatch):
     calls = _count_training(monkeypatch)
-    model, tokenizer = F.pretrained("tiny")
+    model, tokenizer = store.pretrained("tiny")
     assert calls == [1] and not model.training
     assert isinstance(tokenizer, PreTrainedTokenizerBase)
     assert model.config.id2label == {0: "neg", 1: "pos"}
-    path = F.cached_path("tiny")
-    assert path.parent == registry and (path / F.METADATA_FILE).is_file() and (path / "config.json").is_file()
+    path = store.cached_path("tiny")
+    assert path.parent == registry and (path / store.METADATA_FILE).is_file() and (path / "config.json").is_file()
     assert [p.name for p in registry.iterdir() if p.is_dir()] == [path.name]  # no temp folder left behind
 
-    info = F.pretrained_info("tiny")
+    info = store.pretrained_info("tiny")
     assert info["metric"] == "accuracy" and 0.0 <= info["metric_value"] <= 1.0
     assert info["metrics"]["accuracy"] == info["metric_value"] and info["eval_examples"] == 40
     assert info["seed"] == 0 and info["train"]["steps"] == 10  # 2 epochs of 5 batches
@@ -133,16 +134,16 @@ def test_trains_once_then_loads_from_cache(registry, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached model must not be retrained")
 
-    monkeypatch.setattr(F, "train_sequence_model", no_training)
-    again, _ = F.pretrained("tiny")
+    monkeypatch.setattr(store, "train_sequence_model", no_training)
+    again, _ = store.pretrained("tiny")
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), name
 
 
 def test_force_retrains_reproducibly(registry, monkeypatch):
     calls = _count_training(monkeypatch)
-    first, _ = F.pretrained("tiny")
-    second, _ = F.pretrained("tiny", force=True)
+    first, _ = store.pretrained("tiny")
+    second, _ = store.pretrained("tiny", force=True)
     assert len(calls) == 2
     # Seeded: the same recipe gives the same weights (and the head is trained, not left at its init).
     for a, b in zip(first.state_dict().values(), second.state_dict().values()):
@@ -151,9 +152,9 @@ def test_force_retrains_reproducibly(registry, monkeypatch):
 
 
 def test_regression_recipe(registry):
-    model, tokenizer = F.pretrained("tiny-reg")
+    model, tokenizer = store.pretrained("tiny-reg")
     assert model.config.num_labels == 1 and model.config.problem_type == "regression"
-    info = F.pretrained_info("tiny-reg")
+    info = store.pretrained_info("tiny-reg")
     assert info["metric"] == "pearson" and {"pearson", "spearman", "mse"} <= set(info["metrics"])
     # Trained on score / 5 with the bias started at the mean; the rescaled head speaks in score units again.
     train = tiny_similarity("train")
@@ -171,10 +172,10 @@ def test_interrupted_run_leaves_no_cache(registry, monkeypatch):
 
     monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        F.pretrained("tiny")
+        store.pretrained("tiny")
     assert not any(p.is_dir() for p in registry.iterdir())  # neither the entry nor a half-written temp folder
     with pytest.raises(FileNotFoundError, match="normxlogit finetune tiny"):
-        F.pretrained_info("tiny")
+        store.pretrained_info("tiny")
 
 
 def test_custom_train_and_eval_hooks(registry, monkeypatch):
@@ -189,17 +190,17 @@ def test_custom_train_and_eval_hooks(registry, monkeypatch):
 
     built = []
 
-    def builder() -> F.Recipe:
+    def builder() -> recipes.Recipe:
         built.append(1)
-        base = F.get_recipe("tiny")
+        base = recipes.get_recipe("tiny")
         return dataclasses.replace(
             base, metric="blimp_accuracy", train_fn=train_fn, eval_fn=eval_fn, options={"steps": 3}
         )
 
-    F.register_recipe("custom", builder)
+    recipes.register_recipe("custom", builder)
     assert built == []  # builders run lazily
-    F.pretrained("custom")
-    info = F.pretrained_info("custom")
+    store.pretrained("custom")
+    info = store.pretrained_info("custom")
     assert seen == [3] and built == [1]
     assert info["train"] == {"custom": True} and info["metric_value"] == 0.5
     assert info["recipe"]["train_fn"].endswith("train_fn") and info["recipe"]["options"] == {"steps": 3}
@@ -207,27 +208,27 @@ def test_custom_train_and_eval_hooks(registry, monkeypatch):
 
 def test_registry_errors_and_hash(registry):
     with pytest.raises(ValueError, match="already registered"):
-        F.register_recipe("tiny", F.get_recipe("tiny"))
+        recipes.register_recipe("tiny", recipes.get_recipe("tiny"))
     with pytest.raises(ValueError, match="sst2"):
-        F.get_recipe("nope")
-    recipe = F.get_recipe("tiny")
-    assert F.recipe_hash(recipe) == F.recipe_hash(dataclasses.replace(recipe))
-    assert F.recipe_hash(recipe) != F.recipe_hash(dataclasses.replace(recipe, lr=2e-3))
+        recipes.get_recipe("nope")
+    recipe = recipes.get_recipe("tiny")
+    assert recipes.recipe_hash(recipe) == recipes.recipe_hash(dataclasses.replace(recipe))
+    assert recipes.recipe_hash(recipe) != recipes.recipe_hash(dataclasses.replace(recipe, lr=2e-3))
 
 
 def test_finetune_cli_prints_metric_and_path(registry, capsys):
-    infos = F.finetune_cli(["tiny"], force=False)
+    assert cli.main(["finetune", "tiny"]) == 0
     out = capsys.readouterr().out
-    assert "tiny: accuracy = " in out and str(F.cached_path("tiny")) in out
-    assert infos[0]["name"] == "tiny"
-    with pytest.raises(ValueError, match="unknown-model"):
-        F.finetune_cli(["unknown-model"])
+    assert "tiny: accuracy = " in out and str(store.cached_path("tiny")) in out
+    assert store.pretrained_info("tiny")["name"] == "tiny"
+    assert cli.main(["finetune", "unknown-model"]) == 2
+    assert "unknown-model" in capsys.readouterr().err
 
 
 def test_length_grouped_batches_cover_everything_once():
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 60, size=1000)
-    batches = F.length_grouped_batches(lengths, 16, np.random.default_rng(1), group=10)
+    batches = loop.length_grouped_batches(lengths, 16, np.random.default_rng(1), group=10)
     flat = np.concatenate(batches)
     assert sorted(flat.tolist()) == list(range(1000))
     # Grouping cuts padding: the padded size is far below that of random batches.

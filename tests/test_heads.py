@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import normxlogit as nx
-from normxlogit.explain import model_inputs
-from normxlogit.heads import resolve_head
+from normxlogit.core.heads import resolve_head
+from normxlogit.core.inputs import model_inputs
 
 from conftest import DECODERS, ENCODERS, FAMILIES
 

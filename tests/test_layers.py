@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 import normxlogit as nx
-from normxlogit.attribution import Attribution
-from normxlogit.layers import bootstrap_mean
+from normxlogit.core.attribution import Attribution
+from normxlogit.evaluation.stats import bootstrap_mean
 
 TEXTS = ["a gripping , funny film .", "dull .", "the plot holds together until the last act , then it falls .",
          "not bad at all , but not good either ."]

@@ -6,12 +6,8 @@ import pytest
 import torch
 
 import normxlogit as nx
-from normxlogit.value_zeroing import (
-    VALUE_ZEROING_MODEL_TYPES,
-    encoder_layers,
-    layer_outputs,
-    value_zeroing,
-)
+from normxlogit.core.heads import encoder_layers
+from normxlogit.methods.value_zeroing import layer_outputs, value_zeroing
 
 TEXTS = ["the keys to the cabinet [MASK] on the table .", "those [MASK] were tired ."]
 VZ_FAMILIES = ["bert", "roberta", "electra"]
@@ -35,7 +31,7 @@ def test_zeroing_nothing_reproduces_every_layer(make_tiny, family):
     hidden = _hidden(model, enc)
     real = enc["attention_mask"].bool()
     with torch.no_grad():
-        for l, block in enumerate(encoder_layers(model), start=1):
+        for l, block in enumerate(encoder_layers(model, "Value Zeroing"), start=1):
             out = layer_outputs(block, hidden[l - 1], enc["attention_mask"])  # one variant, every query
             assert out.shape == (2, 1, real.shape[1], hidden[l].shape[-1])
             torch.testing.assert_close(out[:, 0][real], hidden[l][real], atol=1e-5, rtol=1e-5)
@@ -43,7 +39,7 @@ def test_zeroing_nothing_reproduces_every_layer(make_tiny, family):
 
 def _slow_value_zeroing(model, enc, positions, layer: int) -> torch.Tensor:
     """Zero token j's value vector with a hook on the layer's value projection, rerun the whole model, per j."""
-    block = encoder_layers(model)[layer - 1]
+    block = encoder_layers(model, "Value Zeroing")[layer - 1]
     reference = _hidden(model, enc)[layer]
     rows = torch.arange(len(positions))
     length = enc["input_ids"].shape[1]
@@ -124,9 +120,9 @@ def test_clear_error_outside_the_bert_family(make_tiny, family):
     task = "causal-lm" if family in ("gpt2", "llama") else "masked-lm"
     model, tokenizer = make_tiny(family, task)
     ids = torch.tensor([[5, 6, 7]])
-    with pytest.raises(nx.UnsupportedModelError, match="BERT-family encoders"):
+    with pytest.raises(nx.UnsupportedModelError, match="BERT.s layer layout"):
         value_zeroing(model, ids)
-    assert model.config.model_type not in VALUE_ZEROING_MODEL_TYPES
+    assert nx.HEADS[model.config.model_type].encoder_layout != "bert"
 
 
 def test_bad_layers_are_refused(make_tiny):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from datasets import Dataset
 
-from . import settings
+from .. import settings
 
 DATA_ENV = "NORMXLOGIT_DATA"
 GLUE_HUB_ID = "nyu-mll/glue"

@@ -1,7 +1,9 @@
 """Layer-wise evidence alignment on BLiMP: do a method's top tokens at layer ``l`` fall on the cue words?
 
-:func:`layerwise_scores` runs the model once per batch with hidden states and derives every method at every layer
-from that one pass (plus one cheap recomputation per layer for Value Zeroing). :func:`average_precision` and
+:func:`layerwise_scores` runs the model once per batch with hidden states (the core's batch iterator and forward
+pass) and reads every method at every layer from that one :class:`~normxlogit.core.registry.Batch`: the methods are
+the registered ones (:data:`LAYER_METHODS` names the variants the chapter compares), plus one cheap recomputation
+per layer for Value Zeroing. :func:`average_precision` and
 :func:`dp` score one ranking against the cue set; :func:`evaluate_alignment` puts it together as a table.
 
 Ranking protocol (DESIGN.md section 4): the target (masked) position is removed from the ranking, and so are the
@@ -10,19 +12,20 @@ special tokens ([CLS], [SEP]) and padding, which are not words of the sentence; 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor, nn
-from torch.nn.utils.rnn import pad_sequence
-from tqdm.auto import tqdm
+from torch import Tensor
 from transformers import PreTrainedModel
 
-from .heads import Head, resolve_head
-from .value_zeroing import value_zeroing
+from ..core.explain import forward_batch, num_layers_of
+from ..core.heads import resolve_head
+from ..core.inputs import eval_mode, model_device, padded_batches
+from ..core.registry import get_method
 
 Positions = "Sequence[int] | Sequence[Sequence[int]] | np.ndarray"
 NORMALISATIONS = ("softmax", "sum")
@@ -97,59 +100,29 @@ def dp(scores, cue_positions, normalisation: str = "softmax", exclude=()) -> flo
     return float(mass) if mass.ndim == 0 else mass
 
 
-# --- per-layer methods -----------------------------------------------------------------------------------------------
-@dataclass
-class LayerContext:
-    """What every layer-wise method reads for one batch: one forward pass with hidden states, and the head's
-    target/foil logits for every token at every layer."""
+# --- the layer-wise variants of registered methods ----------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerVariant:
+    """A registered method read at layer ``l`` with one setting of the :class:`Batch`: the norm source, or the
+    foil word as the target."""
 
-    model: PreTrainedModel
-    input_ids: Tensor  # (B, T)
-    hidden_states: tuple[Tensor, ...]  # 0 = embedding output
-    attention_mask: Tensor  # (B, T)
-    positions: Tensor  # (B,) the masked (target) position
-    target_logits: Tensor  # (L+1, B, T): head(h_i^l)[target]
-    foil_logits: Tensor  # (L+1, B, T): head(h_i^l)[foil]
-    indices: list[int]  # the examples' rows in the dataset (seeds the random baseline)
-    seed: int = 0
-    cache: dict = field(default_factory=dict)
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.hidden_states) - 1
-
-    def norms(self, layer: int) -> Tensor:
-        """||h_i^layer|| (B, T)."""
-        return torch.linalg.vector_norm(self.hidden_states[layer].float(), dim=-1)
+    method: str
+    description: str
+    norm_source: str = "embedding_output"
+    foil: bool = False
 
 
-LayerFn = Callable[[LayerContext, int], Tensor]
-
-
-def _random(ctx: LayerContext, layer: int) -> Tensor:
-    # Seeded by (seed, example, layer): independent of batching, a fresh draw per layer and per sentence.
-    length = ctx.attention_mask.shape[1]
-    draws = [np.random.default_rng([ctx.seed, i, layer]).random(length) for i in ctx.indices]
-    return torch.tensor(np.stack(draws), dtype=torch.float32)
-
-
-def _value_zeroing(ctx: LayerContext, layer: int) -> Tensor:
-    if "vz" not in ctx.cache:  # all layers at once: one recomputation per layer, no extra forward pass
-        ctx.cache["vz"] = value_zeroing(ctx.model, ctx.input_ids, ctx.attention_mask,
-                                        ctx.positions, hidden_states=ctx.hidden_states)
-    return ctx.cache["vz"][layer - 1]
-
-
-#: name -> (description, fn(ctx, layer) -> scores (B, T)). The chapter's rows, in this order.
-LAYER_METHODS: dict[str, tuple[str, LayerFn]] = {
-    "random": ("uniform random scores, seeded per (example, layer)", _random),
-    "norm": ("ℓ2-norm of layer l's hidden state ||h_i^l||", lambda ctx, l: ctx.norms(l)),
-    "logat": ("LogAt(target): the MLM head read on h_i^l, the target word's logit", lambda ctx, l: ctx.target_logits[l]),
-    "logat_foil": ("LogAt(foil): the same read-out, the foil word's logit", lambda ctx, l: ctx.foil_logits[l]),
-    "normxlogit": ("NormXLogit: ||h_i^0|| x LogAt_l(target)", lambda ctx, l: ctx.norms(0) * ctx.target_logits[l]),
-    "normxlogit_each": ("NormXLogit (each layer): ||h_i^l|| x LogAt_l(target)",
-                        lambda ctx, l: ctx.norms(l) * ctx.target_logits[l]),
-    "value_zeroing": ("Value Zeroing: cosine distance at the target when v_i is zeroed in layer l", _value_zeroing),
+#: The chapter's rows, in this order: name -> the registered method and how it reads the batch at layer l.
+LAYER_METHODS: dict[str, LayerVariant] = {
+    "random": LayerVariant("random", "a random ranking, seeded per (seed, layer) and example"),
+    "norm": LayerVariant("norm", "ℓ2-norm of layer l's hidden state ||h_i^l||", norm_source="layer"),
+    "logat": LayerVariant("logat", "LogAt(target): the MLM head read on h_i^l, the target word's logit"),
+    "logat_foil": LayerVariant("logat", "LogAt(foil): the same read-out, the foil word's logit", foil=True),
+    "normxlogit": LayerVariant("normxlogit", "NormXLogit: ||h_i^0|| x LogAt_l(target)"),
+    "normxlogit_each": LayerVariant("normxlogit", "NormXLogit (each layer): ||h_i^l|| x LogAt_l(target)",
+                                    norm_source="layer"),
+    "value_zeroing": LayerVariant("value_zeroing", "Value Zeroing: cosine distance at the target when v_i is "
+                                  "zeroed in layer l"),
 }
 
 
@@ -158,44 +131,9 @@ def list_layer_methods() -> list[str]:
     return list(LAYER_METHODS)
 
 
-# --- the head's logits for a few ids at every token ------------------------------------------------------------------
-class _Captured(Exception):
-    pass
-
-
-def id_logits(head: Head, states: Tensor, ids: Tensor, *, intermediate: bool = True) -> Tensor:
-    """``head(states)[..., ids]`` without the full-vocabulary product: (..., B, T, K) for ``ids`` (B, K).
-
-    The head is run up to its output embedding (a linear layer over the vocabulary), whose input is captured; only
-    the K wanted rows are then applied. Falls back to the full head (then gathers) when the head does not end in
-    the model's output embeddings, e.g. a user-supplied head.
-    """
-    lead = states.shape[:-1]  # (..., B, T)
-    decoder = head.model.get_output_embeddings() if hasattr(head.model, "get_output_embeddings") else None
-    box: dict[str, Tensor] = {}
-    full = None
-    if isinstance(decoder, nn.Linear):
-        def grab(module, args):
-            box["x"] = args[0]
-            raise _Captured
-
-        handle = decoder.register_forward_pre_hook(grab)
-        try:
-            full = head(states, intermediate=intermediate)
-        except _Captured:
-            pass
-        finally:
-            handle.remove()
-    if "x" not in box:  # the decoder was never reached: use the full logits
-        full = head(states, intermediate=intermediate) if full is None else full
-        index = ids.view(*([1] * (len(lead) - 2)), ids.shape[0], 1, ids.shape[1]).expand(*lead, ids.shape[1])
-        return full.gather(-1, index.to(full.device)).float()
-    features = box["x"].reshape(*lead, -1)
-    weight = decoder.weight[ids]  # (B, K, H')
-    logits = torch.einsum("...bth,bkh->...btk", features, weight)
-    if decoder.bias is not None:
-        logits = logits + decoder.bias[ids][:, None, :]
-    return logits.float()
+def layer_seed(seed: int, layer: int) -> int:
+    """The seed of a random draw at ``layer``: a fresh ranking per layer, reproducible from ``seed``."""
+    return int(seed) * 1009 + int(layer)
 
 
 # --- all layers and methods for a dataset ---------------------------------------------------------------------------
@@ -240,10 +178,6 @@ class LayerwiseScores:
         return pd.concat(frames, ignore_index=True)
 
 
-def _pad(rows: list[list[int]], value: int) -> Tensor:
-    return pad_sequence([torch.tensor(r, dtype=torch.long) for r in rows], batch_first=True, padding_value=value)
-
-
 REQUIRED_COLUMNS = ("input_ids", "attention_mask", "mask_position", "target_id", "foil_id", "cue_positions")
 
 
@@ -262,8 +196,9 @@ def layerwise_scores(
 
     ``dataset``: rows with ``input_ids`` (target replaced by the mask token), ``attention_mask``, ``mask_position``,
     ``target_id``, ``foil_id``, ``cue_positions`` (and ``special_tokens_mask``, ``paradigm`` when present), as
-    :func:`normxlogit.blimp.build_dataset` makes them. Per batch: one forward pass with hidden states, one head call
-    for the target/foil logits of all layers, one recomputation per layer for Value Zeroing.
+    :func:`normxlogit.data.blimp.build_dataset` makes them. Per batch: one forward pass with hidden states; each method
+    reads the batch at each layer (LogAt gathers only the target/foil rows of the unembedding), and Value Zeroing
+    recomputes each layer once.
     """
     methods = list(LAYER_METHODS) if methods is None else list(methods)
     unknown = [m for m in methods if m not in LAYER_METHODS]
@@ -271,48 +206,50 @@ def layerwise_scores(
         raise ValueError(f"Unknown layer-wise method(s) {unknown}; available: {', '.join(LAYER_METHODS)}.")
     missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
     if missing:
-        raise ValueError(f"The dataset lacks column(s) {missing}; build it with normxlogit.blimp.build_dataset.")
+        raise ValueError(f"The dataset lacks column(s) {missing}; build it with normxlogit.data.blimp.build_dataset.")
     if len(dataset) == 0:
         raise ValueError("The dataset is empty: there is nothing to score.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     head = resolve_head(model, "masked-lm")
+    columns = [c for c in ("input_ids", "attention_mask", "special_tokens_mask") if c in dataset.column_names]
     data = dataset.select_columns([c for c in (*REQUIRED_COLUMNS, "special_tokens_mask", "paradigm")
                                    if c in dataset.column_names])[:]
+    rows = [{c: data[c][i] for c in columns if c != "special_tokens_mask"} for i in range(len(dataset))]
     n = len(dataset)
     lengths = np.array([len(ids) for ids in data["input_ids"]])
     width = int(lengths.max())
-    num_layers = model.config.num_hidden_layers
+    num_layers = num_layers_of(model)
     layers = list(range(1, num_layers + 1))
     scores = {m: np.full((n, num_layers, width), np.nan, dtype=np.float32) for m in methods}
     correct = np.zeros(n, dtype=bool)
-    device = next(model.parameters()).device
-    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    was_training = model.training
-    model.eval()
-    order = np.argsort(-lengths, kind="stable")  # similar lengths together: little padding
-    batches = [order[i : i + batch_size].tolist() for i in range(0, n, batch_size)]
-    try:
-        for idx in tqdm(batches, desc="layer-wise scores", disable=not progress):
-            ids = _pad([data["input_ids"][i] for i in idx], pad_id).to(device)
-            mask = _pad([data["attention_mask"][i] for i in idx], 0).to(device)
+    device = model_device(model)
+    pads = {"input_ids": model.config.pad_token_id if model.config.pad_token_id is not None else 0}
+    with eval_mode(model):
+        for idx, inputs, _ in padded_batches(pads, rows, device, batch_size=batch_size, progress=progress,
+                                             desc="layer-wise scores"):
             positions = torch.tensor([data["mask_position"][i] for i in idx], device=device)
-            pair = torch.tensor([[data["target_id"][i], data["foil_id"][i]] for i in idx], device=device)
-            # The base model only: the full-vocabulary output at every token is never needed.
-            hidden = model.base_model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-            logits = id_logits(head, torch.stack(hidden), pair)  # (L+1, B, T, 2)
-            ctx = LayerContext(model, ids, hidden, mask, positions, logits[..., 0], logits[..., 1], idx, seed)
-            rows = torch.arange(len(idx), device=device)
-            final = logits[-1, rows, positions]
-            correct[idx] = (final[:, 0] > final[:, 1]).cpu().numpy()
-            t = ids.shape[1]
-            real = mask.bool().cpu().numpy()
-            for method in methods:
-                fn = LAYER_METHODS[method][1]
-                values = torch.stack([fn(ctx, l).float().cpu() for l in layers], 1).numpy()  # (B, L, T)
-                scores[method][idx, :, :t] = np.where(real[:, None], values, np.nan)
-    finally:
-        model.train(was_training)
+            foils = torch.tensor([data["foil_id"][i] for i in idx], device=device)
+            batch = forward_batch(model, None, head, inputs, None, target=[data["target_id"][i] for i in idx],
+                                  layer=num_layers, norm_source="embedding_output", indices=idx, seed=seed,
+                                  positions=positions)
+            rows_ = torch.arange(len(idx), device=device)
+            final_target = batch.target_logits(num_layers)[rows_, positions]
+            final_foil = batch.target_logits(num_layers, foils)[rows_, positions]
+            correct[idx] = (final_target > final_foil).cpu().numpy()
+            t = inputs["input_ids"].shape[1]
+            real = inputs["attention_mask"].bool().cpu().numpy()
+            for name in methods:
+                variant = LAYER_METHODS[name]
+                fn = get_method(variant.method).fn
+                per_layer = []
+                for l in layers:
+                    view = dataclasses.replace(batch, layer=l, norm_source=variant.norm_source,
+                                               targets=foils if variant.foil else batch.targets,
+                                               seed=layer_seed(seed, l))
+                    per_layer.append(fn(view).float().cpu())
+                values = torch.stack(per_layer, 1).numpy()  # (B, L, T)
+                scores[name][idx, :, :t] = np.where(real[:, None], values, np.nan)
     cue_mask = np.zeros((n, width), dtype=bool)
     exclude = np.ones((n, width), dtype=bool)  # past the end: excluded
     for i in range(n):
@@ -350,32 +287,3 @@ def evaluate_alignment(
     if per_example:
         return metrics
     return summarise(metrics, ("method", "layer", "paradigm"))
-
-
-# --- the paper's numbers -------------------------------------------------------------------------------------------
-#: Mean AP by layer 1..12 for fine-tuned RoBERTa-base (DESIGN.md section 5; random is about .29 at every layer).
-PAPER_ROBERTA_AP: dict[str, list[float]] = {
-    "normxlogit": [.36, .31, .35, .36, .35, .38, .35, .36, .36, .35, .36, .33],
-    "logat": [.35, .31, .35, .36, .35, .38, .36, .36, .36, .35, .36, .35],
-    "value_zeroing": [.33, .35, .37, .26, .31, .34, .30, .31, .38, .29, .36, .22],
-    "norm": [.17, .17, .17, .17, .17, .19, .19, .21, .21, .20, .17, .32],
-    "random": [.29] * 12,
-}
-
-
-def paper_reference(num_layers: int) -> pd.DataFrame:
-    """The paper's 12-layer AP aligned to a model of ``num_layers`` layers by relative depth.
-
-    Our layer ``l`` covers the paper's layers ``(l-1)*12/L + 1 .. l*12/L`` (for L = 6: layers 2l-1 and 2l), and the
-    table gives their mean. Columns: method, layer, paper_AP, paper_layers.
-    """
-    if not 1 <= num_layers <= 12 or 12 % num_layers:
-        raise ValueError(f"num_layers must divide 12 (1, 2, 3, 4, 6 or 12), got {num_layers}.")
-    step = 12 // num_layers
-    rows = [
-        {"method": method, "layer": l, "paper_AP": float(np.mean(values[(l - 1) * step : l * step])),
-         "paper_layers": f"{(l - 1) * step + 1}-{l * step}" if step > 1 else str(l)}
-        for method, values in PAPER_ROBERTA_AP.items()
-        for l in range(1, num_layers + 1)
-    ]
-    return pd.DataFrame(rows)

@@ -9,7 +9,7 @@
   filled, or the last token).
 
 The replacement is the tokenizer's mask token; tokenizers without one (GPT-2, Llama) use their unk token, then their
-pad token (:func:`replacement_token_id` says which; ``replacement=`` overrides it). Attention mask and token types
+pad token (:func:`normxlogit.core.inputs.replacement_token_id` says which; ``replacement=`` overrides it). Attention mask and token types
 are unchanged and ids are replaced directly (never through text). Special tokens and padding score 0.
 
 Every single-token-masked variant of a batch is built as one tensor and run in chunks of ``chunk_size`` rows, so a
@@ -28,23 +28,12 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .explain import Texts, collate, model_inputs, model_max_length, normalise_texts, tokenize
-from .heads import Head, pooled_positions, resolve_head
-from .methods import Batch, register_method
-from .models import Task, prepare_tokenizer
+from ..core.heads import Head, pooled_positions, resolve_head
+from ..core.inputs import Texts, collate, encode, eval_mode, model_device, model_inputs, replacement_token_id
+from ..core.registry import Batch, register_method
+from ..models import Task, prepare_tokenizer
 
-__all__ = ["leave_one_out", "occlude", "replacement_token_id", "variant_outputs"]
-
-
-def replacement_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The id that stands in for an occluded token: the mask token, else the unk token, else the pad token."""
-    for name in ("mask_token_id", "unk_token_id", "pad_token_id"):
-        value = getattr(tokenizer, name, None)
-        if value is not None:
-            return int(value)
-    raise ValueError(
-        "This tokenizer has no mask, unk or pad token to replace occluded tokens with; pass replacement=<token id>."
-    )
+__all__ = ["leave_one_out", "occlude", "variant_outputs"]
 
 
 def _last_hidden(model: PreTrainedModel, inputs: dict[str, Tensor]) -> Tensor:
@@ -137,7 +126,8 @@ def occlude(
     ``p_original`` / ``p_masked`` (probability of the original prediction before and after; regression: the values),
     ``flipped`` (the predicted class changed; regression: NaN) and ``masked_tokens``.
     """
-    items, _ = normalise_texts(texts)
+    encoded = encode(model, tokenizer, texts, max_length)
+    items, rows = encoded.items, encoded.rows
     if len(positions) != len(items):
         raise ValueError(f"Got {len(positions)} position lists for {len(items)} texts: pass one list per text.")
     head = resolve_head(model)
@@ -146,15 +136,12 @@ def occlude(
         raise ValueError(f"occlude supports sequence classifiers and regressors, not {task} models.")
     prepare_tokenizer(tokenizer, model)
     rep = replacement_token_id(tokenizer) if replacement is None else int(replacement)
-    rows = tokenize(tokenizer, items, max_length or model_max_length(model, tokenizer))
     for k, (row, pos) in enumerate(zip(rows, positions)):
         bad = [p for p in pos if not 0 <= p < len(row["input_ids"])]
         if bad:
             raise ValueError(f"Position {bad[0]} is outside text {k}, which has {len(row['input_ids'])} tokens.")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    device = model_device(model)
+    with eval_mode(model):
         inputs, _ = collate(tokenizer, rows, device)
         masked_ids = inputs["input_ids"].clone()
         for k, pos in enumerate(positions):
@@ -164,8 +151,6 @@ def occlude(
         pooled = pooled_positions(inputs["attention_mask"], head.pooling)
         both = variant_outputs(model, head, inputs, torch.cat([index, index]),
                                torch.cat([inputs["input_ids"], masked_ids]), torch.cat([pooled, pooled]), chunk_size)
-    finally:
-        model.train(was_training)
     original, masked = both[:n].cpu(), both[n:].cpu()
     tokens = [tokenizer.convert_ids_to_tokens(r["input_ids"]) for r in rows]
     out = pd.DataFrame({"text": items, "masked_tokens": [[tokens[k][p] for p in pos] for k, pos in enumerate(positions)]})

@@ -1,4 +1,4 @@
-"""Baselines: gradient attributions through captum, and a seeded random ranking.
+"""Gradient baselines through captum: gradient norm, Gradient x Input, Integrated Gradients.
 
 Gradient methods attribute the explained output (the logit of the target class at the pooled position, the
 regression output, or an LM's logit for the target token at the explained position) to the **output of the word
@@ -13,9 +13,6 @@ dimension, as in the paper; they are unsigned.
 - ``integrated_gradients``: ``|| IG_i ||_1`` with a zero baseline and ``n_steps=50`` (captum's Gauss-Legendre rule);
   ``internal_batch_size`` bounds how many interpolated inputs go through the model at once (default ``"auto"``:
   about 8,192 tokens per pass, so long inputs and large batches fit in memory; ``None``: all at once).
-- ``random``: a random permutation of the positions, drawn per example from ``(seed, example index)``, so that two
-  sentences of the same length get different orders (the authors reseeded with one seed per example, which gave
-  every sentence of one length the same order).
 """
 
 from __future__ import annotations
@@ -27,7 +24,7 @@ from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from .methods import Batch, register_method
+from ..core.registry import Batch, register_method
 
 
 class EmbeddingForward:
@@ -146,18 +143,3 @@ def grad_x_input_scores(batch: Batch) -> Tensor:
                  signed=False, needs_grad=True)
 def integrated_gradients_scores(batch: Batch, n_steps: int = 50, internal_batch_size: int | str | None = "auto") -> Tensor:
     return _l1(raw_integrated_gradients(batch, n_steps=n_steps, internal_batch_size=internal_batch_size))
-
-
-def random_generator(seed: int, index: int) -> torch.Generator:
-    """The generator of example ``index`` under ``seed``: independent of batching and of other examples."""
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(index)) % (2**63))
-
-
-@register_method("random", description="a random ranking, seeded per example (seed, example index)", signed=False)
-def random_scores(batch: Batch) -> Tensor:
-    lengths = batch.attention_mask.long().sum(-1).tolist()
-    scores = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
-    for row, (index, length) in enumerate(zip(batch.indices, lengths)):
-        # A permutation of 1..length: every order is equally likely and there are no ties.
-        scores[row, :length] = torch.randperm(length, generator=random_generator(batch.seed, index)).float() + 1
-    return scores

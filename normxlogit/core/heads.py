@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from .models import Task, detect_task
+from ..models import Task, detect_task
 
 # A head reader maps hidden states (N, H) to logits (N, C), for a model ``m``.
 Reader = Callable[[nn.Module, Tensor], Tensor]
@@ -112,20 +112,27 @@ class HeadSpec:
     causal_lm: Reader | None = _output_embeddings
     pooling: Literal["first", "last"] = "first"
     decoder: bool = False  # pre-LN decoders: hidden_states[l < L] need the final norm before the head
+    #: the last linear layer of the sequence head (fine-tuning rescales it for regression targets)
+    output_layer: str = "classifier"
+    #: ``"bert"`` where the encoder layers have BERT's layout (``attention.self.{query,key,value}``,
+    #: ``attention.output``, ``intermediate``, ``output``; post-LN), which layer-recomputing methods need
+    encoder_layout: str | None = None
 
 
-_ENCODER_FIRST = HeadSpec(sequence=_first_token_classifier, masked_lm=_roberta_mlm)
-_DECODER = HeadSpec(sequence=_score_seq, masked_lm=None, pooling="last", decoder=True)
+_ENCODER_FIRST = HeadSpec(sequence=_first_token_classifier, masked_lm=_roberta_mlm,
+                          output_layer="classifier.out_proj", encoder_layout="bert")
+_DECODER = HeadSpec(sequence=_score_seq, masked_lm=None, pooling="last", decoder=True, output_layer="score")
 
 #: model_type -> how to read its heads. Add a family here (or pass ``head=``) to support a new architecture.
 HEADS: dict[str, HeadSpec] = {
-    "bert": HeadSpec(sequence=_bert_seq, masked_lm=_bert_mlm),
+    "bert": HeadSpec(sequence=_bert_seq, masked_lm=_bert_mlm, encoder_layout="bert"),
     "albert": HeadSpec(sequence=_albert_seq, masked_lm=_albert_mlm),
     "roberta": _ENCODER_FIRST,
     "xlm-roberta": _ENCODER_FIRST,
     "camembert": _ENCODER_FIRST,
-    "mpnet": HeadSpec(sequence=_first_token_classifier, masked_lm=_roberta_mlm),
-    "electra": HeadSpec(sequence=_first_token_classifier, masked_lm=_electra_mlm),
+    "mpnet": HeadSpec(sequence=_first_token_classifier, masked_lm=_roberta_mlm, output_layer="classifier.out_proj"),
+    "electra": HeadSpec(sequence=_first_token_classifier, masked_lm=_electra_mlm, output_layer="classifier.out_proj",
+                        encoder_layout="bert"),
     "deberta-v2": HeadSpec(sequence=_deberta_seq, masked_lm=_deberta_mlm),
     "deberta": HeadSpec(sequence=_deberta_seq, masked_lm=_deberta_mlm),
     "distilbert": HeadSpec(sequence=_distilbert_seq, masked_lm=_distilbert_mlm),
@@ -144,6 +151,58 @@ HEADS: dict[str, HeadSpec] = {
     "olmo": _DECODER,
     "opt": _DECODER,
 }
+
+
+def head_spec(model: PreTrainedModel) -> HeadSpec | None:
+    """The table's entry for ``model``'s family (None when the family is not in the table)."""
+    return HEADS.get(getattr(model.config, "model_type", ""))
+
+
+def position_offset(model: PreTrainedModel) -> int:
+    """Positions reserved before the first token: RoBERTa-style embeddings number positions from
+    ``padding_idx + 1``, which shows as a ``padding_idx`` on the position-embedding table; 0 elsewhere."""
+    embeddings = getattr(model.base_model, "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    padding_idx = getattr(table, "padding_idx", None)
+    return int(padding_idx) + 1 if padding_idx is not None else 0
+
+
+def output_layer(model: PreTrainedModel) -> nn.Linear:
+    """The last linear layer of a sequence head (the table's ``output_layer``; BERT ``classifier``, RoBERTa
+    ``classifier.out_proj``, decoders ``score``)."""
+    spec = head_spec(model)
+    paths = [spec.output_layer] if spec is not None else ["classifier.out_proj", "classifier", "score"]
+    for path in paths:
+        try:
+            layer = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(layer, nn.Linear):
+            return layer
+    raise UnsupportedModelError(
+        f"Cannot find the output layer of a {type(model).__name__}; add its family to normxlogit.core.heads.HEADS "
+        "(field output_layer), or train it with a recipe of your own train_fn."
+    )
+
+
+def encoder_layers(model: PreTrainedModel, method: str) -> nn.ModuleList:
+    """The encoder layers of a model whose layers have BERT's layout (the table's ``encoder_layout``); a clear
+    error naming ``method`` for any other family."""
+    spec = head_spec(model)
+    model_type = getattr(model.config, "model_type", "")
+    if spec is None or spec.encoder_layout != "bert":
+        supported = ", ".join(k for k, v in HEADS.items() if v.encoder_layout == "bert")
+        raise UnsupportedModelError(
+            f"{method} is implemented for encoders with BERT's layer layout ({supported}); "
+            f"{type(model).__name__} has model_type={model_type!r}, whose layers are laid out differently. "
+            "NormXLogit, LogAt and the norm work for it."
+        )
+    if getattr(model.config, "position_embedding_type", "absolute") != "absolute":
+        raise UnsupportedModelError(
+            f"{method} here supports absolute position embeddings only; this model uses "
+            f"position_embedding_type={model.config.position_embedding_type!r}."
+        )
+    return model.base_model.encoder.layer
 
 
 def list_architectures() -> list[str]:
@@ -210,3 +269,43 @@ def pooled_positions(attention_mask: Tensor, pooling: Pooling) -> Tensor:
         lengths = attention_mask.long().sum(-1)
         return (lengths - 1).clamp(min=0)
     return torch.zeros(attention_mask.shape[0], dtype=torch.long, device=attention_mask.device)
+
+
+# --- the head's logits for a few ids at every token ------------------------------------------------------------------
+class _Captured(Exception):
+    pass
+
+
+def id_logits(head: Head, states: Tensor, ids: Tensor, *, intermediate: bool = True) -> Tensor:
+    """``head(states)[..., ids]`` without the full-vocabulary product: (..., B, T, K) for ``ids`` (B, K).
+
+    The head is run up to its output embedding (a linear layer over the vocabulary), whose input is captured; only
+    the K wanted rows are then applied. Falls back to the full head (then gathers) when the head does not end in
+    the model's output embeddings, e.g. a sequence classifier or a user-supplied head.
+    """
+    lead = states.shape[:-1]  # (..., B, T)
+    decoder = head.model.get_output_embeddings() if hasattr(head.model, "get_output_embeddings") else None
+    box: dict[str, Tensor] = {}
+    full = None
+    if isinstance(decoder, nn.Linear) and head.task in ("masked-lm", "causal-lm"):
+        def grab(module, args):
+            box["x"] = args[0]
+            raise _Captured
+
+        handle = decoder.register_forward_pre_hook(grab)
+        try:
+            full = head(states, intermediate=intermediate)
+        except _Captured:
+            pass
+        finally:
+            handle.remove()
+    if "x" not in box:  # the decoder was never reached: use the full logits
+        full = head(states, intermediate=intermediate) if full is None else full
+        index = ids.view(*([1] * (len(lead) - 2)), ids.shape[0], 1, ids.shape[1]).expand(*lead, ids.shape[1])
+        return full.gather(-1, index.to(full.device)).float()
+    features = box["x"].reshape(*lead, -1)
+    weight = decoder.weight[ids.to(decoder.weight.device)]  # (B, K, H')
+    logits = torch.einsum("...bth,bkh->...btk", features, weight)
+    if decoder.bias is not None:
+        logits = logits + decoder.bias[ids.to(decoder.weight.device)][:, None, :]
+    return logits.float()

@@ -22,29 +22,9 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from .heads import UnsupportedModelError
-from .methods import Batch, register_method
-
-#: Model types whose layers have BERT's layout (``attention.self.{query,key,value}``, ``attention.output``,
-#: ``intermediate``, ``output``; post-LN, absolute positions) and so can be recomputed here.
-VALUE_ZEROING_MODEL_TYPES: tuple[str, ...] = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
-
-
-def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
-    """The encoder layers of a BERT-family model; a clear error for any other architecture."""
-    model_type = getattr(model.config, "model_type", "")
-    if model_type not in VALUE_ZEROING_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"Value Zeroing is implemented for BERT-family encoders ({', '.join(VALUE_ZEROING_MODEL_TYPES)}); "
-            f"{type(model).__name__} has model_type={model_type!r}, whose layers are laid out differently. "
-            "NormXLogit, LogAt and the norm work for it."
-        )
-    if getattr(model.config, "position_embedding_type", "absolute") != "absolute":
-        raise UnsupportedModelError(
-            "Value Zeroing here supports absolute position embeddings only; this model uses "
-            f"position_embedding_type={model.config.position_embedding_type!r}."
-        )
-    return model.base_model.encoder.layer
+from ..core.heads import encoder_layers
+from ..core.inputs import eval_mode
+from ..core.registry import Batch, register_method
 
 
 def layer_outputs(
@@ -120,7 +100,7 @@ def value_zeroing(
     for every query when ``positions`` is None (rows: queries, columns: zeroed tokens). ``hidden_states``: the
     model's ``output_hidden_states`` for these inputs, to skip the forward pass.
     """
-    blocks = encoder_layers(model)
+    blocks = encoder_layers(model, "Value Zeroing")
     num_layers = len(blocks)
     layers = list(range(1, num_layers + 1)) if layers is None else list(layers)
     bad = [l for l in layers if not 1 <= l <= num_layers]
@@ -128,17 +108,13 @@ def value_zeroing(
         raise ValueError(f"Value Zeroing layers run 1..{num_layers} (layer 0 is the embeddings, with no attention); got {bad}.")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    if hidden_states is None:
-        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        hidden_states = model.base_model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                                         **kwargs).hidden_states
-    was_training = model.training
-    model.eval()  # the recomputation assumes dropout is off
-    try:
+    with eval_mode(model):  # the recomputation assumes dropout is off
+        if hidden_states is None:
+            kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+            hidden_states = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                             output_hidden_states=True, **kwargs).hidden_states
         return torch.stack([value_zeroing_layer(blocks[l - 1], hidden_states[l - 1], attention_mask, positions)
                             for l in layers])
-    finally:
-        model.train(was_training)
 
 
 @register_method("value_zeroing", description="Value Zeroing (Mohebbi et al. 2023): cosine distance at the explained "
@@ -147,5 +123,5 @@ def value_zeroing(
 def value_zeroing_scores(batch: Batch) -> Tensor:
     if batch.layer == 0:
         raise ValueError("Value Zeroing needs an attention layer: pass layer=1..L (or -1), not 0 (the embeddings).")
-    block = encoder_layers(batch.model)[batch.layer - 1]
+    block = encoder_layers(batch.model, "Value Zeroing")[batch.layer - 1]
     return value_zeroing_layer(block, batch.hidden_states[batch.layer - 1], batch.attention_mask, batch.positions)

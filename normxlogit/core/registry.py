@@ -1,9 +1,10 @@
-"""Attribution methods: the registry, the batch every method reads, and the NormXLogit family.
+"""The method registry and the :class:`Batch` every attribution method reads.
 
 A method is a function ``fn(batch: Batch, **options) -> Tensor[B, T]`` registered under a name with
 :func:`register_method`. :func:`normxlogit.explain` tokenises, batches and runs one forward pass with hidden states
-per batch, and hands every method the same :class:`Batch`. The NormXLogit family (``normxlogit``, ``logat``,
-``norm``) reads everything it needs from that one pass; gradient baselines (``normxlogit.baselines``) run their own.
+per batch, and hands every method the same :class:`Batch`; the layer-wise evidence pipeline builds the same
+``Batch`` for every layer. The methods themselves live in :mod:`normxlogit.methods` (importing the package
+registers them all).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .heads import Head
-from .models import Task
+from ..models import Task
+from .heads import Head, id_logits
 
 NORM_SOURCES = ("embedding_output", "word_embedding", "layer")
 
@@ -46,6 +47,8 @@ class Batch:
     norm_source: str = "embedding_output"
     indices: list[int] = field(default_factory=list)
     seed: int = 0
+    #: per-batch memo shared by the copies ``dataclasses.replace`` makes (e.g. one per layer)
+    cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def input_ids(self) -> Tensor:
@@ -62,6 +65,41 @@ class Batch:
     @property
     def is_regression(self) -> bool:
         return self.task == "regression"
+
+    def head_logits(self, layer: int | None = None) -> Tensor:
+        """The model's own head read on every token's hidden state at ``layer``: (B, T, C), one batched call."""
+        layer = self.layer if layer is None else layer
+        return self.head(self.hidden_states[layer], intermediate=layer < self.num_layers).float()
+
+    def target_logits(self, layer: int | None = None, targets: Tensor | None = None) -> Tensor:
+        """(B, T): each row's target logit read on each of its tokens at ``layer``. For LMs only the target rows of
+        the unembedding are applied (never the full vocabulary); memoised per (layer, targets)."""
+        layer = self.layer if layer is None else layer
+        targets = self.targets if targets is None else targets
+        key = ("target_logits", layer, tuple(targets.tolist()))
+        if key not in self.cache:
+            ids = targets.to(self.hidden_states[layer].device).view(-1, 1)
+            logits = id_logits(self.head, self.hidden_states[layer], ids, intermediate=layer < self.num_layers)
+            self.cache[key] = logits[..., 0]
+        return self.cache[key]
+
+    def norms(self, source: str | None = None, layer: int | None = None) -> Tensor:
+        """ℓ2-norm of every token's vector (B, T).
+
+        ``embedding_output``: ``hidden_states[0]`` (the authors' choice: word + position (+ type) embeddings, after
+        LayerNorm for BERT-like models). ``word_embedding``: the raw row of the input-embedding matrix. ``layer``:
+        ``hidden_states[layer]`` (the "EachLayer" variant).
+        """
+        source = source or self.norm_source
+        if source == "embedding_output":
+            vectors = self.hidden_states[0]
+        elif source == "word_embedding":
+            vectors = self.model.get_input_embeddings()(self.input_ids)
+        elif source == "layer":
+            vectors = self.hidden_states[self.layer if layer is None else layer]
+        else:
+            raise ValueError(f"norm_source must be one of {', '.join(NORM_SOURCES)}, not {source!r}.")
+        return torch.linalg.vector_norm(vectors.float(), dim=-1)
 
 
 @dataclass(frozen=True)
@@ -102,56 +140,3 @@ def get_method(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise ValueError(f"Unknown method {name!r}; available: {', '.join(list_methods())}.") from None
-
-
-# --- the two factors -----------------------------------------------------------------------------------------------
-def token_norms(batch: Batch, source: str | None = None, layer: int | None = None) -> Tensor:
-    """ℓ2-norm of every token's vector (B, T).
-
-    ``embedding_output``: ``hidden_states[0]`` (the authors' choice: word + position (+ type) embeddings, after
-    LayerNorm for BERT-like models). ``word_embedding``: the raw row of the input-embedding matrix. ``layer``:
-    ``hidden_states[layer]`` (the "EachLayer" variant).
-    """
-    source = source or batch.norm_source
-    if source == "embedding_output":
-        vectors = batch.hidden_states[0]
-    elif source == "word_embedding":
-        vectors = batch.model.get_input_embeddings()(batch.input_ids)
-    elif source == "layer":
-        vectors = batch.hidden_states[batch.layer if layer is None else layer]
-    else:
-        raise ValueError(f"norm_source must be one of {', '.join(NORM_SOURCES)}, not {source!r}.")
-    return torch.linalg.vector_norm(vectors.float(), dim=-1)
-
-
-def head_logits(batch: Batch, layer: int | None = None) -> Tensor:
-    """The model's own head read on every token's hidden state at ``layer``: (B, T, C), one batched call."""
-    layer = batch.layer if layer is None else layer
-    return batch.head(batch.hidden_states[layer], intermediate=layer < batch.num_layers).float()
-
-
-def logat(batch: Batch, layer: int | None = None, targets: Tensor | None = None) -> Tensor:
-    """LogAt (B, T): the target's logit when the head reads each token; regression: |head(h_i) - output|."""
-    logits = head_logits(batch, layer)
-    if batch.is_regression:
-        return (logits[..., 0] - batch.logits[:, 0, None].float()).abs()
-    targets = batch.targets if targets is None else targets
-    index = targets.to(logits.device).view(-1, 1, 1).expand(-1, logits.shape[1], 1)
-    return logits.gather(-1, index).squeeze(-1)
-
-
-@register_method("normxlogit", description="ℓ2-norm of the input embedding × LogAt (one forward pass)", signed=True,
-                 layerwise=True)
-def normxlogit_scores(batch: Batch) -> Tensor:
-    return token_norms(batch) * logat(batch)
-
-
-@register_method("logat", description="the head's logit for the target read on each token (one forward pass)",
-                 signed=True, layerwise=True)
-def logat_scores(batch: Batch) -> Tensor:
-    return logat(batch)
-
-
-@register_method("norm", description="ℓ2-norm of each token's input embedding (one forward pass)", signed=False)
-def norm_scores(batch: Batch) -> Tensor:
-    return token_norms(batch)

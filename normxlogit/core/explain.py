@@ -1,0 +1,286 @@
+"""``explain``: validate input, tokenise, batch by length, one forward pass per batch, run a method, unbatch.
+
+:func:`iter_batches` is the forward pass every model-reading part of the package shares: it turns encoded texts into
+:class:`~normxlogit.core.registry.Batch` objects (one forward pass with hidden states each). :func:`attribute` runs a
+registered method over them; :func:`explain` is validation + :func:`~normxlogit.core.inputs.encode` + ``attribute``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..models import Task, prepare_tokenizer
+from .attribution import Attribution
+from .heads import Head, pooled_positions, resolve_head
+from .inputs import Encoded, TextInput, Texts, encode, eval_mode, model_device, model_inputs, padded_batches
+from .registry import NORM_SOURCES, Batch, get_method
+
+LM_TASKS = ("masked-lm", "causal-lm")
+
+
+def resolve_layer(layer: int, num_layers: int) -> int:
+    """``layer`` as an index 0..L (negative counts from the end); a clear error when out of range."""
+    if not -(num_layers + 1) <= layer <= num_layers:
+        raise ValueError(
+            f"layer={layer} is out of range: this model has layers 0..{num_layers} (0 = embeddings, -1 = last)."
+        )
+    return layer % (num_layers + 1)
+
+
+def num_layers_of(model: PreTrainedModel) -> int:
+    """The number of transformer layers of ``model`` (from its config)."""
+    return getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer")
+
+
+# --- the forward pass shared by all methods ----------------------------------------------------------------------
+def _explained_positions(head: Head, inputs: dict[str, Tensor], tokenizer: PreTrainedTokenizerBase) -> Tensor:
+    """Which position each row explains: the pooled token, the first [MASK] (masked LM) or the last token (causal)."""
+    mask = inputs["attention_mask"]
+    if head.task == "masked-lm":
+        if tokenizer.mask_token_id is None:
+            raise ValueError("This tokenizer has no mask token, so a masked-LM explanation has no position to explain.")
+        is_mask = inputs["input_ids"] == tokenizer.mask_token_id
+        missing = (~is_mask.any(-1)).nonzero().flatten().tolist()
+        if missing:
+            raise ValueError(
+                f"Masked-LM explanations explain the {tokenizer.mask_token} position, but {len(missing)} text(s) "
+                f"have no {tokenizer.mask_token} token. Put {tokenizer.mask_token} where the word to predict goes."
+            )
+        return is_mask.float().argmax(-1)
+    return pooled_positions(mask, "last" if head.task == "causal-lm" else head.pooling)
+
+
+def forward_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    head: Head,
+    inputs: dict[str, Tensor],
+    special: Tensor | None,
+    *,
+    target: Sequence[int] | None,
+    layer: int,
+    norm_source: str,
+    indices: list[int],
+    seed: int,
+    positions: Tensor | None = None,
+) -> Batch:
+    """Run the model once with hidden states and build the :class:`Batch` every method reads.
+
+    ``positions``: the explained position of each row, when the caller knows it (default: the pooled token, the
+    first mask token, or the last token).
+    """
+    inputs = model_inputs(model, inputs)
+    if positions is None:
+        positions = _explained_positions(head, inputs, tokenizer)
+    with torch.no_grad():
+        out, logits = _forward_at(model, head, inputs, positions)
+    num_classes = logits.shape[-1]
+    if head.task == "regression":
+        predictions = logits[:, 0].float()
+        targets = torch.zeros(len(positions), dtype=torch.long, device=logits.device)
+    else:
+        predictions = logits.argmax(-1)
+        if target is None:
+            targets = predictions
+        else:
+            targets = torch.tensor(list(target), dtype=torch.long, device=logits.device)
+            bad = [int(t) for t in targets if not 0 <= int(t) < num_classes]
+            if bad:
+                what = "token ids" if head.task.endswith("lm") else "classes"
+                raise ValueError(f"target {bad[0]} is out of range: this model has {num_classes} {what} (0..{num_classes - 1}).")
+    return Batch(model, tokenizer, head, head.task, inputs, special, out.hidden_states, logits, positions, targets,
+                 predictions, layer, norm_source, indices, seed)
+
+
+def _forward_at(model: PreTrainedModel, head: Head, inputs: dict[str, Tensor], positions: Tensor):
+    """The forward pass with hidden states, and the model's own output at the explained positions (B, C).
+
+    For LMs the full-vocabulary product at every position is skipped: a pre-hook on the output embedding hands it
+    only the explained positions, so the logits still come from the model's own forward code (soft-capping and
+    scaling included) at a fraction of the cost.
+    """
+    decoder = model.get_output_embeddings() if head.task in LM_TASKS else None
+    rows = torch.arange(len(positions), device=positions.device)
+    sliced = False
+
+    def pick(module, args):
+        nonlocal sliced
+        x = args[0]
+        if x.dim() == 3 and x.shape[0] == len(positions) and x.shape[1] == inputs["input_ids"].shape[1]:
+            sliced = True
+            return (x[rows.to(x.device), positions.to(x.device)].unsqueeze(1),) + tuple(args[1:])
+        return None
+
+    handle = decoder.register_forward_pre_hook(pick) if isinstance(decoder, nn.Linear) else None
+    try:
+        out = model(**inputs, output_hidden_states=True)
+    finally:
+        if handle is not None:
+            handle.remove()
+    logits = out.logits
+    if logits.dim() == 3:  # LMs: the output at the explained position
+        logits = logits[:, 0] if sliced else logits[rows.to(logits.device), positions.to(logits.device)]
+    return out, logits
+
+
+def iter_batches(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    encoded: Encoded | Sequence[dict],
+    head: Head,
+    *,
+    batch_size: int = 32,
+    targets: Sequence[int] | None = None,
+    layer: int = -1,
+    norm_source: str = "embedding_output",
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "explain",
+) -> Iterator[Batch]:
+    """One :class:`Batch` per length-sorted batch of ``encoded`` rows (one forward pass each, in eval mode).
+
+    ``targets``: one explained class / token id per row (None: the predictions). ``layer`` is an index 0..L.
+    """
+    rows = encoded.rows if isinstance(encoded, Encoded) else list(encoded)
+    device = model_device(model)
+    with eval_mode(model):
+        for idx, inputs, special in padded_batches(tokenizer, rows, device, batch_size=batch_size,
+                                                   progress=progress, desc=desc):
+            yield forward_batch(
+                model, tokenizer, head, inputs, special,
+                target=None if targets is None else [targets[i] for i in idx],
+                layer=layer, norm_source=norm_source, indices=idx, seed=seed,
+            )
+
+
+def _targets_per_text(target: int | Sequence[int] | None, n: int, task: Task) -> list[int] | None:
+    if target is None:
+        return None
+    if task == "regression":
+        if target not in (0, [0] * n):
+            raise ValueError("A regression model has one output: leave target=None (or 0).")
+        return None
+    if isinstance(target, (int, np.integer)):
+        return [int(target)] * n
+    targets = [int(t) for t in target]
+    if len(targets) != n:
+        raise ValueError(f"Got {len(targets)} targets for {n} texts: pass one int, or one per text.")
+    return targets
+
+
+def _label(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, value: int) -> str | int:
+    if task.endswith("lm"):
+        return tokenizer.convert_ids_to_tokens(int(value))
+    id2label = getattr(model.config, "id2label", None) or {}
+    return id2label.get(int(value), int(value))
+
+
+def attribute(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    encoded: Encoded,
+    method: str = "normxlogit",
+    *,
+    target: int | Sequence[int] | None = None,
+    layer: int = -1,
+    norm_source: str = "embedding_output",
+    batch_size: int = 32,
+    head: Callable[[Tensor], Tensor] | Head | None = None,
+    task: Task | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    **options,
+) -> list[Attribution]:
+    """:func:`explain` for texts already :func:`~normxlogit.core.inputs.encode`-d: one :class:`Attribution` each."""
+    spec = get_method(method)
+    if norm_source not in NORM_SOURCES:
+        raise ValueError(f"norm_source must be one of {', '.join(NORM_SOURCES)}, not {norm_source!r}.")
+    resolved = head if isinstance(head, Head) else resolve_head(model, task, head)
+    prepare_tokenizer(tokenizer, model)
+    layer_index = resolve_layer(layer, num_layers_of(model))
+    targets = _targets_per_text(target, len(encoded), resolved.task)
+    results: list[Attribution | None] = [None] * len(encoded)
+    for batch in iter_batches(model, tokenizer, encoded, resolved, batch_size=batch_size, targets=targets,
+                              layer=layer_index, norm_source=norm_source, seed=seed, progress=progress,
+                              desc=f"explain ({method})"):
+        with torch.enable_grad() if spec.needs_grad else torch.no_grad():
+            scores = spec.fn(batch, **options).detach().float().cpu().numpy()
+        for j, i in enumerate(batch.indices):
+            results[i] = _attribution(batch, j, scores[j], encoded.items[i], encoded.rows[i], method, spec.layerwise)
+    return [r for r in results if r is not None]
+
+
+def explain(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Texts,
+    method: str = "normxlogit",
+    *,
+    target: int | Sequence[int] | None = None,
+    layer: int = -1,
+    norm_source: str = "embedding_output",
+    batch_size: int = 32,
+    max_length: int | None = None,
+    head: Callable[[Tensor], Tensor] | None = None,
+    task: Task | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    **options,
+) -> Attribution | list[Attribution]:
+    """Attribute the model's output to the input tokens.
+
+    ``texts``: a string, a list of strings, or a list of (text, text) pairs; returns one :class:`Attribution` per
+    text (a single one for a single input). ``target=None`` explains the predicted class (or, for an LM, the
+    predicted token at the explained position: the first mask token for masked LMs, the last token for causal LMs);
+    an int or a list of ints explains those classes / token ids. ``layer`` reads the head on that layer's hidden
+    states (``-1`` = last, ``0..L``). ``norm_source``: ``embedding_output`` (the authors' ``hidden_states[0]``),
+    ``word_embedding`` (the raw embedding row) or ``layer`` (``||h^layer||``, the each-layer variant). ``head``: a
+    callable ``(N, hidden) -> (N, classes)`` for architectures the head table does not know. Extra keyword
+    ``options`` go to the method (e.g. ``n_steps`` for integrated gradients).
+    """
+    get_method(method)  # unknown names fail before any tokenisation
+    if norm_source not in NORM_SOURCES:
+        raise ValueError(f"norm_source must be one of {', '.join(NORM_SOURCES)}, not {norm_source!r}.")
+    resolve_layer(layer, num_layers_of(model))
+    resolved = resolve_head(model, task, head)
+    prepare_tokenizer(tokenizer, model)
+    encoded = encode(model, tokenizer, texts, max_length)
+    out = attribute(model, tokenizer, encoded, method, target=target, layer=layer, norm_source=norm_source,
+                    batch_size=batch_size, head=resolved, seed=seed, progress=progress, **options)
+    return out[0] if encoded.single else out
+
+
+def _attribution(batch: Batch, j: int, scores: np.ndarray, text: TextInput, row: dict, method: str,
+                 layerwise: bool) -> Attribution:
+    n = len(row["input_ids"])
+    task = batch.task
+    prediction = float(batch.predictions[j]) if task == "regression" else int(batch.predictions[j])
+    target = None if task == "regression" else int(batch.targets[j])
+    meta = {"task": task}
+    if task != "regression":
+        meta["target_label"] = _label(batch.model, batch.tokenizer, task, target)
+        meta["prediction_label"] = _label(batch.model, batch.tokenizer, task, prediction)
+        meta["target_logit"] = float(batch.logits[j, target])
+    else:
+        meta["prediction_label"] = round(prediction, 4)
+    if method in ("normxlogit", "norm"):
+        meta["norm_source"] = batch.norm_source
+    return Attribution(
+        tokens=batch.tokenizer.convert_ids_to_tokens(row["input_ids"]),
+        input_ids=list(row["input_ids"]),
+        scores=scores[:n],
+        special_tokens_mask=list(row["special_tokens_mask"]),
+        target=target,
+        prediction=prediction,
+        method=method,
+        layer=batch.layer if layerwise else None,
+        text=text,
+        position=int(batch.positions[j]),
+        meta=meta,
+    )
