@@ -140,7 +140,8 @@ def _on_main(fn, state: "PartialState") -> Any:
 
 
 def _shard_seed(seed: int, shard: int) -> int:
-    """The seed shard ``shard`` runs with: seeded methods (``random``) then depend on (seed, example index) only."""
+    """The seed shard ``shard`` runs with: seeded methods (``random``) then draw per (seed, shard, row in shard), which
+    the number of processes does not change."""
     return int.from_bytes(hashlib.sha256(f"{int(seed)}:{int(shard)}".encode()).digest()[:7], "big")
 
 
@@ -815,6 +816,8 @@ def run_cli(args: argparse.Namespace) -> int:
     """Run ``normxlogit explain-dataset`` (on this process's share, when launched on several)."""
     import datasets
 
+    # Leave the process group at the end only if this command joined it (a caller's own group is the caller's).
+    joined = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     state = process_state()
     try:
         if args.limit is not None and args.limit < 1:
@@ -834,7 +837,7 @@ def run_cli(args: argparse.Namespace) -> int:
             model, tokenizer, data, output_dir=args.output, text_column=args.text_column,
             pair_column=args.pair_column, target_column=args.target_column, method=args.method,
             batch_size=args.batch_size, shard_size=args.shard_size, seed=args.seed,
-            progress=not args.no_progress and sys.stderr.isatty(), **options)
+            progress=not args.no_progress, **options)
         if state.is_main_process:
             run = manifest["runs"][-1]
             print(f"{args.output}: {manifest['rows']} examples in {manifest['shards']} shards "
@@ -842,6 +845,6 @@ def run_cli(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         return 0
     finally:
-        # The CLI owns its process: leave the process group cleanly (gloo aborts at exit otherwise).
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # gloo aborts at exit when a process group is still open.
+        if joined and torch.distributed.is_available() and torch.distributed.is_initialized():
             state.destroy_process_group()
