@@ -847,4 +847,4 @@ def run_cli(args: argparse.Namespace) -> int:
     finally:
         # gloo aborts at exit when a process group is still open.
         if joined and torch.distributed.is_available() and torch.distributed.is_initialized():
-            state.destroy_process_group()
+            torch.distributed.destroy_process_group()

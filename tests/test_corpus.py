@@ -245,7 +245,7 @@ model, tok = nx.load_model(model_dir, num_labels=3)
 evaluation = nx.evaluate_dataset(model, tok, data_file, label_column="label", shard_size=4, progress=False)
 if state.is_main_process:
     evaluation.save(result)
-state.destroy_process_group()
+torch.distributed.destroy_process_group()
 """
 
 
