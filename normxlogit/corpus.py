@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -48,7 +49,6 @@ from .faithfulness import FaithfulnessResult, evaluate
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
-    import pandas as pd
     from accelerate import PartialState
 
 DataInput = Union["datasets.Dataset", "pd.DataFrame", str, os.PathLike]
@@ -151,7 +151,6 @@ def load_data(data: DataInput, state: "PartialState | None" = None) -> "datasets
     compressed) or a directory written by ``Dataset.save_to_disk``. Files are read through ``datasets``, memory-mapped,
     so a corpus larger than memory streams from disk."""
     import datasets
-    import pandas as pd
 
     if isinstance(data, datasets.Dataset):
         return data.with_format(None)
@@ -361,20 +360,27 @@ def _jsonable(value: Any) -> Any:
 
 
 def _model_identity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """What a rerun must share with the run it resumes: the weights and tokenizer by content, not by path (a path
+    may differ between machines or working directories)."""
     from .faithfulness import model_fingerprint
 
     try:
         fingerprint = model_fingerprint(model)
     except (RuntimeError, NotImplementedError):  # weights offloaded to disk (meta tensors): the config must do
         fingerprint = hashlib.sha256(model.config.to_json_string().encode()).hexdigest()[:16]
+    vocab = json.dumps([type(tokenizer).__name__, sorted(tokenizer.get_vocab().items()),
+                        tokenizer.all_special_tokens, tokenizer.model_max_length], default=str)
     return {
-        "name_or_path": getattr(model.config, "_name_or_path", "") or type(model).__name__,
         "class": type(model).__name__,
         "fingerprint": fingerprint,
         "dtype": str(next(model.parameters()).dtype),
-        "tokenizer": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__,
-        "vocab_size": len(tokenizer),
+        "tokenizer_fingerprint": hashlib.sha256(vocab.encode()).hexdigest()[:16],
     }
+
+
+def _names(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
+    return {"model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
+            "tokenizer": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__}
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -437,6 +443,10 @@ def explain_dataset(
                           f"pass shard_size={-(-n // MAX_SHARDS)} or more.")
     text_columns = [c for c in (text_column, pair_column) if c]
 
+    if target_column and not pa.types.is_integer(ds.data.schema.field(target_column).type):
+        raise CorpusError(f"target_column={target_column!r} holds {ds.data.schema.field(target_column).type} values; "
+                          "it must hold class indices (or token ids) as integers.")
+
     def prepare() -> tuple[dict[str, Any], list[int]]:
         fingerprint = _scan(ds, text_columns, [target_column] if target_column else [])
         # One example through the whole path first: a bad method, layer or target fails here, before anything is
@@ -453,7 +463,8 @@ def explain_dataset(
                      "pair_column": pair_column, "target_column": target_column},
             "shard_size": shard_size,
         }
-        return _open_output(out, config, n, num_shards), _pending(out, n, shard_size, num_shards)
+        names = _names(model, tokenizer)
+        return _open_output(out, config, names, n, num_shards), _pending(out, n, shard_size, num_shards)
 
     manifest, pending = _on_main(prepare, state)
     mine = pending[state.process_index :: state.num_processes]
@@ -483,7 +494,7 @@ def explain_dataset(
     return manifest
 
 
-def _open_output(out: Path, config: dict[str, Any], n: int, num_shards: int) -> dict[str, Any]:
+def _open_output(out: Path, config: dict[str, Any], names: dict[str, str], n: int, num_shards: int) -> dict[str, Any]:
     """Check ``out`` against ``config`` (refusing other settings), or start it; return the manifest."""
     from . import __version__
 
@@ -498,11 +509,13 @@ def _open_output(out: Path, config: dict[str, Any], n: int, num_shards: int) -> 
             warnings.warn(f"{out} was started with normxlogit {manifest.get('package_version')}; continuing with "
                           f"{__version__}.", stacklevel=2)
         return manifest
+    for tmp in out.glob(f".{MANIFEST}.*.tmp") if out.is_dir() else []:
+        tmp.unlink()  # a run killed while writing its first manifest
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CorpusError(f"{out} exists and is not an empty directory, and holds no {MANIFEST}. Choose a new "
                           "output directory.")
-    (out / "data").mkdir(parents=True, exist_ok=True)
-    manifest = {"format": FORMAT, "status": "running", "package_version": __version__, "config": config,
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"format": FORMAT, "status": "running", "package_version": __version__, **names, "config": config,
                 "examples": n, "shards": num_shards, "rows": 0, "created": _now(), "runs": []}
     _write_json(out / MANIFEST, manifest)
     return manifest
@@ -511,8 +524,8 @@ def _open_output(out: Path, config: dict[str, Any], n: int, num_shards: int) -> 
 def _pending(out: Path, n: int, shard_size: int, num_shards: int) -> list[int]:
     """Shards still to compute; removes temporary files of killed runs and shards that are not whole."""
     (out / "data").mkdir(exist_ok=True)
-    for tmp in (out / "data").glob(".*.tmp"):
-        tmp.unlink()
+    for tmp in [*(out / "data").glob(".*.tmp"), *out.glob(f".{MANIFEST}.*.tmp")]:
+        tmp.unlink()  # left by a killed run
     pending = []
     for shard in range(num_shards):
         path = shard_path(out, shard, num_shards)
@@ -576,7 +589,7 @@ def to_attributions(rows: Any) -> list[Attribution]:
     pyarrow Table, a pandas DataFrame, or an iterable of row dicts."""
     if isinstance(rows, pa.Table):
         records: Iterable[dict] = rows.to_pylist()
-    elif hasattr(rows, "to_dict") and hasattr(rows, "columns") and not hasattr(rows, "features"):  # pandas
+    elif isinstance(rows, pd.DataFrame):
         records = rows.to_dict("records")
     elif isinstance(rows, dict):  # a datasets slice: columns of lists
         keys = list(rows)

@@ -66,7 +66,8 @@ def table(out: Path):
 
 
 def run(model, tok, data, out, **kwargs):
-    return nx.explain_dataset(model, tok, data, output_dir=out, shard_size=4, batch_size=3, progress=False, **kwargs)
+    kwargs = {"shard_size": 4, "batch_size": 3, "progress": False, **kwargs}
+    return nx.explain_dataset(model, tok, data, output_dir=out, **kwargs)
 
 
 def env() -> dict[str, str]:
@@ -114,6 +115,16 @@ def test_sentence_pairs_round_trip(make_tiny, tmp_path):
     assert attrs[0].target is None and attrs[0].tokens.count("[SEP]") == 2
 
 
+def test_target_column_and_progress_bar(tiny, data, tmp_path, capsys):
+    model, tok = tiny
+    run(model, tok, data, tmp_path / "out", target_column="label", progress=True)
+    assert [a.target for a in nx.load_dataset_attributions(tmp_path / "out")] == data["label"]
+    assert "22/22" in capsys.readouterr().err
+    with pytest.raises(corpus.CorpusError, match="must hold class indices"):
+        run(model, tok, datasets.Dataset.from_dict({"text": ["fine ."], "label": ["1"]}), tmp_path / "o2",
+            target_column="label")
+
+
 # --- resuming ------------------------------------------------------------------------------------------------------
 def test_resume_after_a_crash_gives_the_uninterrupted_output(tiny, data, tmp_path, monkeypatch):
     model, tok = tiny
@@ -148,10 +159,11 @@ def test_truncated_shard_and_stale_temporary_file_are_redone(tiny, data, tmp_pat
     victim = shards(out)[2]
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     (out / "data" / f".{victim.name}.999.tmp").write_bytes(b"partial")
+    (out / ".manifest.json.999.tmp").write_text("{")
     with pytest.warns(UserWarning, match="computing it again"):
         manifest = run(model, tok, data, out)
     assert manifest["runs"][-1]["shards_written"] == 1
-    assert table(out).equals(reference) and not list((out / "data").glob(".*"))
+    assert table(out).equals(reference) and not list((out / "data").glob(".*")) and not list(out.glob(".*"))
     assert run(model, tok, data, out)["runs"][-1]["shards_written"] == 0  # complete: nothing to do
 
 
