@@ -162,7 +162,8 @@ def load_data(data: DataInput, state: "PartialState | None" = None) -> "datasets
     if isinstance(data, pd.DataFrame):
         return datasets.Dataset.from_pandas(data, preserve_index=False)
     if not isinstance(data, (str, os.PathLike)):
-        raise TypeError(f"data must be a datasets.Dataset, a pandas DataFrame or a file path, not {type(data).__name__}.")
+        raise TypeError(f"data must be a datasets.Dataset, a pandas DataFrame or a file path, not "
+                        f"{type(data).__name__}.")
     path = Path(data).expanduser()
     if path.is_dir():
         if not (path / "dataset_info.json").is_file() and not (path / "state.json").is_file():
@@ -471,8 +472,8 @@ def explain_dataset(
     from accelerate.utils import tqdm as main_tqdm  # a bar on the main process only, not one per process
 
     total = sum(len(_shard_rows(k, n, shard_size)) for k in mine)
-    bar = main_tqdm(total=total, unit="ex", disable=not progress,
-                    desc=f"explain_dataset ({method}, {state.num_processes} process(es))")
+    share = f", process 0 of {state.num_processes}" if state.num_processes > 1 else ""  # the bar counts its share
+    bar = main_tqdm(total=total, unit="ex", disable=not progress, desc=f"explain_dataset ({method}{share})")
     started = time.perf_counter()
     for shard in mine:
         rows = _shard_rows(shard, n, shard_size)
@@ -668,8 +669,8 @@ def evaluate_dataset(
     n = len(ds)
     shards = list(range(-(-n // shard_size)))[state.process_index :: state.num_processes]
     total = sum(len(_shard_rows(k, n, shard_size)) for k in shards)
-    bar = main_tqdm(total=total, unit="ex", disable=not progress,
-                    desc=f"evaluate_dataset ({method}, {state.num_processes} process(es))")
+    share = f", process 0 of {state.num_processes}" if state.num_processes > 1 else ""
+    bar = main_tqdm(total=total, unit="ex", disable=not progress, desc=f"evaluate_dataset ({method}{share})")
     results = []
     for shard in shards:
         rows = _shard_rows(shard, n, shard_size)

@@ -19,7 +19,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-import transformers as tf
 
 import normxlogit as nx
 from normxlogit import corpus
@@ -28,7 +27,7 @@ from normxlogit.cli import main
 torch.set_num_threads(1)
 ROOT = Path(nx.__file__).resolve().parent.parent
 
-_WORDS = "the film was a gripping funny dull moving story of love and loss , with great acting but slow pacing .".split()
+_WORDS = "the film was a gripping funny dull moving story of love and loss , with great acting but slow pacing".split()
 
 
 def sentences(n: int) -> list[str]:
