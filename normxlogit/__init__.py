@@ -26,6 +26,7 @@ from .settings import cache_dir, pick, profile
 from .studies.readouts import layer_agreement, layer_readouts
 from .training import pretrained, pretrained_info
 from . import data, evaluation, settings, studies  # noqa: E402  (subpackages as nx.data, nx.evaluation, ...)
+from .corpus import evaluate_dataset, explain_dataset, load_corpus, load_dataset_attributions, to_attributions
 
 __version__ = "0.1.0"
 
@@ -45,4 +46,6 @@ __all__ = [
     "pretrained", "pretrained_info",
     # subpackages
     "data", "evaluation", "settings", "studies", "training",
+    # corpus scale
+    "evaluate_dataset", "explain_dataset", "load_corpus", "load_dataset_attributions", "to_attributions",
 ]

@@ -17,6 +17,7 @@ _EXAMPLES = """examples:
   normxlogit explain "the film was [MASK] ." --model all-MiniLM-L6-v2 --task masked-lm --format html -o out.html
   normxlogit finetune sst2 stsb
   normxlogit methods
+  normxlogit explain-dataset data.tsv --text-column sentence --model sst2 --output out/
 """
 
 
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--force", action="store_true", help="retrain even when a cached model exists")
 
     sub.add_parser("methods", help="list the attribution methods")
+    from .corpus import add_cli_parser
+
+    add_cli_parser(sub)  # explain-dataset
     return parser
 
 
@@ -157,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "explain":
             return _explain(args)
+        if args.command == "explain-dataset":
+            from .corpus import run_cli
+
+            return run_cli(args)
         if args.command == "finetune":
             return _finetune(args.names, force=args.force)
         return _methods()
