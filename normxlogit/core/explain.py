@@ -142,10 +142,13 @@ def iter_batches(
     seed: int = 0,
     progress: bool = False,
     desc: str = "explain",
+    first_index: int = 0,
 ) -> Iterator[Batch]:
     """One :class:`Batch` per length-sorted batch of ``encoded`` rows (one forward pass each, in eval mode).
 
     ``targets``: one explained class / token id per row (None: the predictions). ``layer`` is an index 0..L.
+    ``first_index``: the index of the first row in the caller's whole dataset (``Batch.indices`` are
+    ``first_index + row``), so that seeded methods give the same scores for a slice as for the whole.
     """
     rows = encoded.rows if isinstance(encoded, Encoded) else list(encoded)
     device = model_device(model)
@@ -155,7 +158,7 @@ def iter_batches(
             yield forward_batch(
                 model, tokenizer, head, inputs, special,
                 target=None if targets is None else [targets[i] for i in idx],
-                layer=layer, norm_source=norm_source, indices=idx, seed=seed,
+                layer=layer, norm_source=norm_source, indices=[first_index + i for i in idx], seed=seed,
             )
 
 
@@ -195,9 +198,14 @@ def attribute(
     task: Task | None = None,
     seed: int = 0,
     progress: bool = False,
+    first_index: int = 0,
     **options,
 ) -> list[Attribution]:
-    """:func:`explain` for texts already :func:`~normxlogit.core.inputs.encode`-d: one :class:`Attribution` each."""
+    """:func:`explain` for texts already :func:`~normxlogit.core.inputs.encode`-d: one :class:`Attribution` each.
+
+    ``first_index``: the index of the first text in the caller's whole dataset, for seeded methods (see
+    :func:`iter_batches`).
+    """
     spec = get_method(method)
     if norm_source not in NORM_SOURCES:
         raise ValueError(f"norm_source must be one of {', '.join(NORM_SOURCES)}, not {norm_source!r}.")
@@ -208,10 +216,10 @@ def attribute(
     results: list[Attribution | None] = [None] * len(encoded)
     for batch in iter_batches(model, tokenizer, encoded, resolved, batch_size=batch_size, targets=targets,
                               layer=layer_index, norm_source=norm_source, seed=seed, progress=progress,
-                              desc=f"explain ({method})"):
+                              desc=f"explain ({method})", first_index=first_index):
         with torch.enable_grad() if spec.needs_grad else torch.no_grad():
             scores = spec.fn(batch, **options).detach().float().cpu().numpy()
-        for j, i in enumerate(batch.indices):
+        for j, i in enumerate(index - first_index for index in batch.indices):
             results[i] = _attribution(batch, j, scores[j], encoded.items[i], encoded.rows[i], method, spec.layerwise)
     return [r for r in results if r is not None]
 
