@@ -1,7 +1,11 @@
-"""A pybtex style for the book's bibliography: entries sorted by author and year, labelled "Abbasi et al. 2025",
-the way the author-year citations in the text name them (sphinxcontrib-bibtex otherwise numbers the list).
+"""Small Sphinx additions for the book, loaded through ``sphinx: local_extensions`` in _config.yml.
 
-Loaded through ``sphinx: local_extensions`` in _config.yml and selected by ``bibtex_default_style: authoryear``.
+- ``authoryear``: a pybtex style for the bibliography, entries sorted by author and year and labelled
+  "Abbasi et al. 2025", the way the author-year citations in the text name them (sphinxcontrib-bibtex otherwise
+  numbers the list). Selected by ``bibtex_default_style: authoryear``.
+- Each page's inline scripts once: with jupyter-book 1.0.4 the configuration scripts of sphinx-thebe and
+  sphinx-togglebutton are added twice, and the second ``const THEBE_JS_URL = ...`` is a JavaScript SyntaxError in
+  every page's console.
 """
 
 from __future__ import annotations
@@ -51,5 +55,21 @@ register_plugin("pybtex.style.labels", "authoryear", AuthorYearLabels)
 register_plugin("pybtex.style.formatting", "authoryear", AuthorYearStyle)
 
 
+def _dedupe_scripts(app, pagename, templatename, context, doctree):
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen, unique = set(), []
+    for script in scripts:
+        # An inline script is added once with filename None and once with "": the same script.
+        attributes = getattr(script, "attributes", {})
+        key = (getattr(script, "filename", str(script)) or "", tuple(sorted((k, str(v)) for k, v in attributes.items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    scripts[:] = unique
+
+
 def setup(app):
+    app.connect("html-page-context", _dedupe_scripts)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
