@@ -116,7 +116,7 @@ def server(built_book):
 
 def _find(env: str, names: tuple[str, ...], extra: tuple[str, ...] = ()) -> str | None:
     if os.environ.get(env):
-        return os.environ[env]
+        return os.environ[env] if Path(os.environ[env]).is_file() else None
     for name in names:
         if path := shutil.which(name):
             return path
