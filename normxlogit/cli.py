@@ -17,6 +17,7 @@ _EXAMPLES = """examples:
   normxlogit explain "the film was [MASK] ." --model all-MiniLM-L6-v2 --task masked-lm --format html -o out.html
   normxlogit finetune sst2 stsb
   normxlogit methods
+  normxlogit student-notebooks book/ students/
   normxlogit explain-dataset data.tsv --text-column sentence --model sst2 --output out/
 """
 
@@ -60,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     from .corpus import add_cli_parser
 
     add_cli_parser(sub)  # explain-dataset
+    from . import student
+
+    st = sub.add_parser("student-notebooks", help="student copies of the chapters: solutions and outputs removed")
+    student.add_arguments(st)
     return parser
 
 
@@ -161,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "explain":
             return _explain(args)
+        if args.command == "student-notebooks":
+            from . import student
+
+            return student.run(args)
         if args.command == "explain-dataset":
             from .corpus import run_cli
 

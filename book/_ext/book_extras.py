@@ -1,0 +1,75 @@
+"""Small Sphinx additions for the book, loaded through ``sphinx: local_extensions`` in _config.yml.
+
+- ``authoryear``: a pybtex style for the bibliography, entries sorted by author and year and labelled
+  "Abbasi et al. 2025", the way the author-year citations in the text name them (sphinxcontrib-bibtex otherwise
+  numbers the list). Selected by ``bibtex_default_style: authoryear``.
+- Each page's inline scripts once: with jupyter-book 1.0.4 the configuration scripts of sphinx-thebe and
+  sphinx-togglebutton are added twice, and the second ``const THEBE_JS_URL = ...`` is a JavaScript SyntaxError in
+  every page's console.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from pybtex.plugin import register_plugin
+from pybtex.style.formatting.plain import Style as PlainStyle
+from pybtex.style.labels import BaseLabelStyle
+
+
+def _surname(person) -> str:
+    return " ".join(person.prelast_names + person.last_names) or " ".join(person.first_names)
+
+
+def _label(entry) -> str:
+    people = entry.persons.get("author") or entry.persons.get("editor") or []
+    names = [_surname(p).replace("{", "").replace("}", "") for p in people]
+    if not names:
+        who = entry.fields.get("title", entry.key)
+    elif len(names) == 1:
+        who = names[0]
+    elif len(names) == 2:
+        who = f"{names[0]} & {names[1]}"
+    else:
+        who = f"{names[0]} et al."
+    return f"{who} {entry.fields.get('year', 'n.d.')}"
+
+
+class AuthorYearLabels(BaseLabelStyle):
+    def format_labels(self, sorted_entries):
+        entries = list(sorted_entries)
+        labels = [_label(e) for e in entries]
+        counts, seen = Counter(labels), Counter()
+        for label in labels:
+            if counts[label] > 1:  # two works by the same authors in one year: 2020a, 2020b
+                seen[label] += 1
+                label += "abcdefghijklmnopqrstuvwxyz"[seen[label] - 1]
+            yield label
+
+
+class AuthorYearStyle(PlainStyle):
+    default_label_style = "authoryear"
+
+
+register_plugin("pybtex.style.labels", "authoryear", AuthorYearLabels)
+register_plugin("pybtex.style.formatting", "authoryear", AuthorYearStyle)
+
+
+def _dedupe_scripts(app, pagename, templatename, context, doctree):
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen, unique = set(), []
+    for script in scripts:
+        # An inline script is added once with filename None and once with "": the same script.
+        attributes = getattr(script, "attributes", {})
+        key = (getattr(script, "filename", str(script)) or "", tuple(sorted((k, str(v)) for k, v in attributes.items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    scripts[:] = unique
+
+
+def setup(app):
+    app.connect("html-page-context", _dedupe_scripts)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

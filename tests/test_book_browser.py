@@ -1,0 +1,252 @@
+"""The built book, opened in a real browser.
+
+Builds the book (``jupyter-book build``, which renders the committed notebook outputs without executing them) into
+a temporary folder, serves it over HTTP on localhost and opens every page of ``_toc.yml`` in headless Chromium at
+1280 and 420 CSS pixels wide. On each page and width:
+
+- no console errors (level SEVERE);
+- every ``<img>`` loaded (``naturalWidth > 0``);
+- every formula rendered by MathJax: each ``.math`` element holds a ``mjx-container``, no TeX error boxes, and no
+  raw ``$...$``, ``\\(``, ``\\[`` left in the text outside code;
+- nothing wider than the viewport: no element sticks out past the right edge unless it sits inside a container
+  that scrolls or clips it (a wide table in a scrolling cell output is fine).
+
+Without Chromium, chromedriver or selenium the browser tests skip and say how to install them (CI installs them in
+.ci/run). The build itself is checked too: no Sphinx warnings.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+WIDTHS = (1280, 420)
+HEIGHT = 900
+INSTALL = ("install Chromium and its driver (Debian/Ubuntu: `apt-get install -y chromium chromium-driver`) and "
+           "selenium (`pip install -r requirements.txt`); CHROME_BIN and CHROMEDRIVER name other paths")
+
+
+def toc_pages() -> list[str]:
+    """The documents of ``_toc.yml``, in reading order, without their extensions."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    pages = [toc["root"]]
+
+    def walk(node: dict) -> None:
+        for key in ("parts", "chapters", "sections"):
+            for child in node.get(key) or []:
+                if "file" in child:
+                    pages.append(child["file"])
+                walk(child)
+
+    walk(toc)
+    return [str(Path(p).with_suffix("")) if Path(p).suffix in {".md", ".ipynb"} else p for p in pages]
+
+
+# ---------------------------------------------------------------------------------------------------------- build
+
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory) -> tuple[Path, str]:
+    """(the html folder, the build log) of a fresh build in a temporary folder."""
+    jb = shutil.which("jupyter-book")
+    if jb is None:
+        pytest.fail("jupyter-book is not installed: pip install -r requirements.txt")
+    out = tmp_path_factory.mktemp("book")
+    run = subprocess.run([jb, "build", str(ROOT), "--path-output", str(out)], capture_output=True, text=True,
+                         timeout=900)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-5000:]
+    html = out / "_build" / "html"
+    assert (html / "index.html").is_file(), log[-5000:]
+    return html, log
+
+
+def test_the_book_builds_without_warnings(built_book):
+    _, log = built_book
+    warnings = [line for line in log.splitlines() if re.search(r"\b(WARNING|ERROR|CRITICAL)\b", line)]
+    assert not warnings, "\n".join(warnings)
+
+
+def test_every_toc_page_is_built(built_book):
+    html, _ = built_book
+    missing = [p for p in toc_pages() if not (html / f"{p}.html").is_file()]
+    assert not missing
+
+
+def test_the_repository_url_is_the_same_everywhere():
+    # Publishing means setting repository.url in _config.yml; the citation and the Colab instructions repeat it.
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    url = config["repository"]["url"].rstrip("/")
+    files = [ROOT / "README.md", *sorted((ROOT / "book").glob("*.md"))]
+    found = {(f.name, m) for f in files for m in re.findall(r"https://github\.com/[\w.-]+/normxlogit\b", f.read_text())}
+    assert found, "no repository URL in the README or the book's pages"
+    assert {m for _, m in found} == {url}, sorted(found)
+
+
+# ---------------------------------------------------------------------------------------------------------- browser
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(built_book):
+    html, _ = built_book
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(html)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _find(env: str, names: tuple[str, ...], extra: tuple[str, ...] = ()) -> str | None:
+    if os.environ.get(env):
+        return os.environ[env] if Path(os.environ[env]).is_file() else None
+    for name in names:
+        if path := shutil.which(name):
+            return path
+    return next((p for p in extra if Path(p).is_file()), None)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip(f"selenium is not installed; {INSTALL}")
+    chrome = _find("CHROME_BIN", ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"))
+    driver_path = _find("CHROMEDRIVER", ("chromedriver",), ("/usr/lib/chromium/chromedriver",))
+    if chrome is None or driver_path is None:
+        pytest.skip(f"no headless Chromium for the browser test; {INSTALL}")
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager try to download a driver
+    options = webdriver.ChromeOptions()
+    options.binary_location = chrome
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
+                "--disable-extensions", f"--window-size={WIDTHS[0]},{HEIGHT}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(120)
+    driver.set_script_timeout(120)
+    yield driver
+    driver.quit()
+
+
+# Waits for the page, its images (lazy ones made eager) and MathJax's first typesetting.
+_SETTLE = """
+const done = arguments[arguments.length - 1];
+const wait = ms => new Promise(r => setTimeout(r, ms));
+(async () => {
+  for (let i = 0; i < 300 && document.readyState !== 'complete'; i++) await wait(100);
+  for (const img of document.images) img.loading = 'eager';
+  await Promise.all(Array.from(document.images).map(img => img.complete ? null :
+      new Promise(r => { img.addEventListener('load', r); img.addEventListener('error', r); setTimeout(r, 15000); })));
+  if (document.querySelector('.math')) {
+    for (let i = 0; i < 300 && !(window.MathJax && MathJax.startup && MathJax.startup.promise); i++) await wait(100);
+    try { if (window.MathJax && MathJax.startup) await MathJax.startup.promise; } catch (e) {}
+  }
+  await wait(300);  // let late layout (fonts, toggle buttons) settle
+  done(true);
+})();
+"""
+
+# Everything the test asserts, measured in the page.
+_INSPECT = r"""
+const vw = document.documentElement.clientWidth;
+const describe = el => {
+  const part = e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') +
+      Array.from(e.classList).slice(0, 3).map(c => '.' + c).join('');
+  const path = [];
+  for (let e = el; e && e !== document.body && path.length < 4; e = e.parentElement) path.unshift(part(e));
+  const section = el.closest('section[id]');
+  return (section ? `[in section #${section.id}] ` : '') + path.join(' > ');
+};
+const contained = el => {
+  for (let p = el.parentElement; p && p !== document.body && p !== document.documentElement; p = p.parentElement) {
+    const o = getComputedStyle(p).overflowX;
+    if (o === 'auto' || o === 'scroll' || o === 'hidden' || o === 'clip') return true;
+  }
+  return false;
+};
+const wide = [];
+const offending = new Set();
+for (const el of document.body.querySelectorAll('*')) {
+  const r = el.getBoundingClientRect();
+  if (r.width === 0 && r.height === 0) continue;
+  if (r.right <= vw + 1) continue;
+  const cs = getComputedStyle(el);
+  if (cs.visibility === 'hidden' || cs.display === 'none') continue;
+  if (contained(el)) continue;
+  offending.add(el);
+  if (el.parentElement && offending.has(el.parentElement)) continue;  // report the outermost only
+  wide.push(`${describe(el)}: ${Math.round(r.width)} px wide, right edge at ${Math.round(r.right)} px`);
+}
+const maths = Array.from(document.querySelectorAll('.math'));
+const unrendered = maths.filter(m => !m.querySelector('mjx-container'))
+    .map(m => m.textContent.trim().slice(0, 80));
+const texErrors = Array.from(document.querySelectorAll('mjx-merror'))
+    .map(e => (e.getAttribute('data-mjx-error') || e.textContent).slice(0, 120));
+const skip = 'pre, code, script, style, textarea, kbd, mjx-container, .highlight, .math';
+const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+const raw = [];
+const pattern = /\\\(|\\\[|\$\$|(^|[^\\\w$])\$[^\s$][^$\n]{0,200}?[^\s\\$]\$(?![\w$])/;
+for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+  if (!n.parentElement || n.parentElement.closest(skip)) continue;
+  const m = n.textContent.match(pattern);
+  if (m) raw.push(`${describe(n.parentElement)}: "${n.textContent.trim().slice(0, 100)}"`);
+}
+const images = Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))
+    .map(i => `${describe(i)}: ${(i.currentSrc || i.src || '(no src)').slice(-100)}`);
+return {
+  innerWidth: window.innerWidth, clientWidth: vw, scrollWidth: document.documentElement.scrollWidth,
+  wide, maths: maths.length, mjx: document.querySelectorAll('mjx-container').length, unrendered, texErrors, raw,
+  images, nimages: document.images.length,
+};
+"""
+
+
+def _inspect_page(browser, url: str, width: int) -> tuple[dict, list[dict]]:
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": width, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False})
+    browser.get_log("browser")  # drop what earlier pages logged
+    browser.get(url)
+    browser.execute_async_script(_SETTLE)
+    report = browser.execute_script(_INSPECT)
+    return report, browser.get_log("browser")
+
+
+@pytest.mark.parametrize("width", WIDTHS, ids=lambda w: f"{w}px")
+@pytest.mark.parametrize("page", toc_pages())
+def test_page_in_the_browser(browser, server, page, width):
+    report, console = _inspect_page(browser, f"{server}/{page}.html", width)
+    problems = []
+    for entry in console:
+        if entry["level"] == "SEVERE" and "favicon.ico" not in entry["message"]:
+            problems.append(f"console error: {entry['message'][:300]}")
+    problems += [f"image not loaded: {i}" for i in report["images"]]
+    if report["maths"] and not report["mjx"]:
+        problems.append(f"{report['maths']} formulas but no MathJax output (did MathJax load?)")
+    problems += [f"formula not rendered by MathJax: {m!r}" for m in report["unrendered"]]
+    problems += [f"TeX error in a formula: {e}" for e in report["texErrors"]]
+    problems += [f"raw TeX left in the text: {r}" for r in report["raw"]]
+    if report["scrollWidth"] > report["clientWidth"]:
+        problems.append(f"the page scrolls sideways: {report['scrollWidth']} px of content in a "
+                        f"{report['clientWidth']} px viewport")
+    problems += [f"wider than the viewport: {w}" for w in report["wide"]]
+    assert not problems, f"{page} at {width} px:\n" + "\n".join(problems)
