@@ -23,6 +23,7 @@ import torch
 import normxlogit as nx
 from normxlogit import corpus
 from normxlogit.cli import main
+from normxlogit.corpus import explain as corpus_explain  # the module explain_dataset writes shards from
 
 torch.set_num_threads(1)
 ROOT = Path(nx.__file__).resolve().parent.parent
@@ -95,6 +96,18 @@ def test_output_loads_back_and_matches_explain(tiny, data, tmp_path):
     assert len(nx.to_attributions(loaded[3:6])) == 3 and len(nx.to_attributions(loaded.to_pandas())) == 22
 
 
+def test_random_scores_equal_explain_on_the_whole_list_whatever_the_shard_size(tiny, data, tmp_path):
+    """Seeded methods draw per (seed, index in the whole dataset): shards of any size give nx.explain's scores."""
+    model, tok = tiny
+    reference = nx.explain(model, tok, data["text"], method="random", seed=7, batch_size=5)
+    for shard_size in (4, 7):
+        run(model, tok, data, tmp_path / f"out{shard_size}", method="random", seed=7, shard_size=shard_size)
+        got = nx.load_dataset_attributions(tmp_path / f"out{shard_size}")
+        assert [a.input_ids for a in got] == [a.input_ids for a in reference]
+        for a, ref in zip(got, reference):
+            np.testing.assert_array_equal(a.scores, np.asarray(ref.scores, dtype=np.float32))
+
+
 def test_file_types_and_pairs(tmp_path):
     frame = pd.DataFrame({"a": ['he said "hi" .', "fine .", "ok then ."], "b": ["x .", "y .", "z ."]})
     frame.to_csv(tmp_path / "d.csv", index=False)
@@ -128,7 +141,7 @@ def test_target_column_and_progress_bar(tiny, data, tmp_path, capsys):
 def test_resume_after_a_crash_gives_the_uninterrupted_output(tiny, data, tmp_path, monkeypatch):
     model, tok = tiny
     run(model, tok, data, tmp_path / "full")
-    write = corpus._write_shard
+    write = corpus_explain.write_shard
     calls = []
 
     def crash_after_two(path, table):
@@ -137,14 +150,14 @@ def test_resume_after_a_crash_gives_the_uninterrupted_output(tiny, data, tmp_pat
         calls.append(path)
         write(path, table)
 
-    monkeypatch.setattr(corpus, "_write_shard", crash_after_two)
+    monkeypatch.setattr(corpus_explain, "write_shard", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
         run(model, tok, data, tmp_path / "out")
     assert len(shards(tmp_path / "out")) == 2
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["status"] == "running"
     with pytest.raises(corpus.CorpusError, match="unfinished"):
         nx.load_corpus(tmp_path / "out")
-    monkeypatch.setattr(corpus, "_write_shard", write)
+    monkeypatch.setattr(corpus_explain, "write_shard", write)
     manifest = run(model, tok, data, tmp_path / "out")
     assert manifest["runs"][-1]["shards_written"] == 4 and manifest["rows"] == 22
     assert table(tmp_path / "out").equals(table(tmp_path / "full"))
@@ -286,10 +299,10 @@ _KILLED = """
 import os, signal, sys
 import torch
 torch.set_num_threads(1)
-from normxlogit import corpus
 from normxlogit.cli import main
+from normxlogit.corpus import explain as corpus_explain
 
-write, written = corpus._write_shard, []
+write, written = corpus_explain.write_shard, []
 
 def write_then_die(path, table):
     write(path, table)
@@ -297,7 +310,7 @@ def write_then_die(path, table):
     if len(written) == int(os.environ["KILL_AFTER"]):
         os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no exception handler: as the OOM killer would
 
-corpus._write_shard = write_then_die
+corpus_explain.write_shard = write_then_die
 sys.exit(main(sys.argv[1:]))
 """
 
