@@ -10,9 +10,12 @@ seconds and at least three calls have passed (or ten times ``--min-time``: very 
     python bench/efficiency.py                      # CPU, every registered method -> data/efficiency_cpu.json
     python bench/efficiency.py --device cuda        # -> data/efficiency_cuda.json
     python bench/efficiency.py --methods normxlogit gradient_norm integrated_gradients --lengths 120
+    python bench/efficiency.py --methods decompx --threads 1 --min-time 1   # DecompX alone (slow at 512 on a CPU)
 
 Methods may carry options: ``integrated_gradients:internal_batch_size=None`` (all 50 interpolation steps in one
-pass, as the paper ran it; the default ``"auto"`` bounds each pass to about 8,192 tokens). The model is the fine-tuned SST-2
+pass, as the paper ran it; the default ``"auto"`` bounds each pass to about 8,192 tokens) or
+``decompx:chunk_size=1``. DecompX's cost grows as n^3 d in time and n^2 d in memory (see
+``normxlogit.methods.decompx``); the paper gives no timing for it. The model is the fine-tuned SST-2
 MiniLM when it is cached, else MiniLM with an untrained head (the cost is the same). The machine may be shared:
 the load average is recorded with every measurement; compare ratios, not absolute seconds. On a loaded machine use
 ``--threads 1``: with more runnable processes than cores, multi-threaded matrix products wait for descheduled threads
@@ -35,6 +38,8 @@ from pathlib import Path
 
 LENGTHS = (40, 120, 360, 512)
 GRADIENT_METHODS = ("gradient_norm", "grad_x_input", "integrated_gradients")
+#: Methods NormXLogit's speed and memory are compared with in ``ratios``.
+BASELINES = GRADIENT_METHODS + ("decompx",)
 #: The paper's GPU figures (seconds per instance at 40/120/360/512; BERT-base, their GPU).
 PAPER_SECONDS = {
     "gradient_norm": {40: 0.77, 120: 0.77, 360: 0.77, 512: 0.77},
@@ -177,7 +182,7 @@ def ratios(results: list[dict]) -> dict:
         if mine is None:
             continue
         row = {}
-        for other in GRADIENT_METHODS:
+        for other in BASELINES:
             theirs = table.get((other, length))
             if theirs is not None:
                 row[f"speedup_vs_{other}"] = round(theirs["seconds_per_instance"] / mine["seconds_per_instance"], 2)

@@ -5,8 +5,9 @@
 - :mod:`.random`: ``random`` (seeded per example)
 - :mod:`.occlusion`: ``leave_one_out`` (and :func:`occlude`)
 - :mod:`.value_zeroing`: ``value_zeroing`` (BERT-layout encoders)
+- :mod:`.decompx`: ``decompx`` (post-LayerNorm BERT-family encoders; its propagation rules in :mod:`.decompx_rules`)
 """
 
-from . import gradients, normxlogit, occlusion, random, value_zeroing
+from . import decompx, gradients, normxlogit, occlusion, random, value_zeroing
 
-__all__ = ["gradients", "normxlogit", "occlusion", "random", "value_zeroing"]
+__all__ = ["decompx", "gradients", "normxlogit", "occlusion", "random", "value_zeroing"]
