@@ -89,6 +89,14 @@ def load_model(
         config = AutoConfig.from_pretrained(path, **config_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = _AUTO_CLASSES[task].from_pretrained(path, config=config, torch_dtype=dtype, **kwargs)
+    except RuntimeError as err:
+        if "size mismatch" not in str(err):
+            raise
+        raise ModelLoadError(
+            f"{name_or_path!r} has a head of another size than task={task!r} needs ({str(err).splitlines()[-1].strip()})."
+            " Load it with the task it was trained for (e.g. task='classification' for a k-class checkpoint), or pass "
+            "ignore_mismatched_sizes=True to start a new head of the right size (then fine-tune it)."
+        ) from None
     except (OSError, ValueError) as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(err).lower() or "connect" in str(err).lower()
         hint = (
@@ -105,14 +113,35 @@ def load_model(
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> None:
-    """Give decoder tokenizers a pad token (their EOS), so that batches can be padded; pad on the right."""
+    """Give a freshly loaded decoder tokenizer a pad token (its EOS) and the model's config its id, so that the
+    model can run batches. Used by :func:`load_model` on the objects it creates; ``explain`` and the rest of the
+    package never change a caller's tokenizer or config (they pad batches themselves)."""
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ModelLoadError("The tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token first.")
         tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
     if model is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def check_task(model: PreTrainedModel, task: str) -> Task:
+    """``task`` when it fits ``model``'s class (a clear error otherwise: a masked-LM read of a classifier, a
+    regression read of a k-class head, an unknown task name)."""
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+    try:
+        built = detect_task(model)
+    except ValueError:
+        return task  # a class of its own: trust the caller (the self-check still guards the read)
+    sequence = ("classification", "regression")
+    if built != task and not (built in sequence and task in sequence and model.config.num_labels == 1
+                              and task == "regression"):
+        outputs = f" with {model.config.num_labels} outputs" if built in sequence else ""
+        raise ValueError(
+            f"task={task!r} does not fit this {type(model).__name__}{outputs}, a {built} model: leave task=None, or "
+            f"load the model for {task} (nx.load_model(name, task={task!r}))."
+        )
+    return task
 
 
 def detect_task(model: PreTrainedModel) -> Task:

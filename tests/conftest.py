@@ -13,6 +13,9 @@ import normxlogit as nx
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Example notebooks under tests/data are inputs of tests (e.g. the student-notebook command), not chapters to run.
+collect_ignore_glob = ["data/*.ipynb"]
+
 FAMILIES = ["bert", "roberta", "distilbert", "albert", "electra", "deberta-v2", "gpt2", "llama"]
 ENCODERS = ["bert", "roberta", "distilbert", "albert", "electra", "deberta-v2"]
 DECODERS = ["gpt2", "llama"]

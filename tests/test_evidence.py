@@ -170,7 +170,7 @@ def test_bad_input_is_refused(make_tiny, tiny_dataset):
     with pytest.raises(ValueError, match="lacks column"):
         layerwise_scores(model, tiny_dataset.remove_columns("foil_id"))
     gpt, _ = make_tiny("gpt2", "causal-lm")
-    with pytest.raises(nx.UnsupportedModelError):
+    with pytest.raises(ValueError, match="does not fit"):
         layerwise_scores(gpt, tiny_dataset, ["logat"])
 
 

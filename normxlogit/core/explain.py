@@ -7,6 +7,9 @@ registered method over them; :func:`explain` is validation + :func:`~normxlogit.
 
 from __future__ import annotations
 
+import contextlib
+import operator
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Callable
 
@@ -15,9 +18,9 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..models import Task, prepare_tokenizer
+from ..models import Task
 from .attribution import Attribution
-from .heads import Head, pooled_positions, resolve_head
+from .heads import Head, check_head, id_logits, pooled_positions, resolve_head
 from .inputs import Encoded, TextInput, Texts, encode, eval_mode, model_device, model_inputs, padded_batches
 from .registry import NORM_SOURCES, Batch, get_method
 
@@ -39,13 +42,16 @@ def num_layers_of(model: PreTrainedModel) -> int:
 
 
 # --- the forward pass shared by all methods ----------------------------------------------------------------------
-def _explained_positions(head: Head, inputs: dict[str, Tensor], tokenizer: PreTrainedTokenizerBase) -> Tensor:
-    """Which position each row explains: the pooled token, the first [MASK] (masked LM) or the last token (causal)."""
+def _explained_positions(head: Head, inputs: dict[str, Tensor], tokenizer: PreTrainedTokenizerBase | None,
+                         model: PreTrainedModel) -> Tensor:
+    """Which position each row explains: the pooled token (as the model pools it), the first [MASK] (masked LM),
+    the last token (causal LM), or the fixed position of ``pooling=``."""
     mask = inputs["attention_mask"]
     if head.task == "masked-lm":
-        if tokenizer.mask_token_id is None:
+        mask_id = getattr(tokenizer, "mask_token_id", None)
+        if mask_id is None:
             raise ValueError("This tokenizer has no mask token, so a masked-LM explanation has no position to explain.")
-        is_mask = inputs["input_ids"] == tokenizer.mask_token_id
+        is_mask = inputs["input_ids"] == mask_id
         missing = (~is_mask.any(-1)).nonzero().flatten().tolist()
         if missing:
             raise ValueError(
@@ -53,7 +59,65 @@ def _explained_positions(head: Head, inputs: dict[str, Tensor], tokenizer: PreTr
                 f"have no {tokenizer.mask_token} token. Put {tokenizer.mask_token} where the word to predict goes."
             )
         return is_mask.float().argmax(-1)
-    return pooled_positions(mask, "last" if head.task == "causal-lm" else head.pooling)
+    if head.task == "causal-lm":
+        return pooled_positions(mask, "last")
+    if head.position is not None:
+        lengths = mask.long().sum(-1)
+        position = head.position if head.position >= 0 else None
+        if position is None or bool((lengths <= position).any()):
+            raise ValueError(f"pooling={head.position} is outside a text of {int(lengths.min())} tokens; pass a "
+                             "position (0-based, non-negative) that every text has.")
+        return torch.full_like(lengths, position)
+    return pooled_positions(mask, head.pooling, inputs["input_ids"], getattr(model.config, "pad_token_id", None))
+
+
+def padding_for(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, head: Head
+) -> tuple[dict[str, int], int | None]:
+    """The values to pad a batch with, and a pad id to lend the model's config during the forward (or None).
+
+    Nothing of the caller's is changed. Decoder classifiers pool the last token that is not ``config.pad_token_id``,
+    so batches are padded with that id; where the config has none, the tokenizer's pad (else EOS) id is lent to it
+    for the forward pass only. A tokenizer whose pad id differs from the config's gets a warning saying how to make
+    them agree.
+    """
+    config_pad = getattr(model.config, "pad_token_id", None)
+    tok_pad = getattr(tokenizer, "pad_token_id", None)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.config, "eos_token_id", None)
+        eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+    pools_last = head.task in ("classification", "regression") and head.pooling == "last" and head.position is None
+    if pools_last and config_pad is not None:
+        if tok_pad is not None and tok_pad != config_pad:
+            warnings.warn(
+                f"The tokenizer pads with id {tok_pad}, but this {type(model).__name__} pools the last token that is "
+                f"not its config.pad_token_id={config_pad}; normxlogit pads with {config_pad}, as the model expects. "
+                "Set tokenizer.pad_token_id = model.config.pad_token_id (or the reverse) to make them agree.",
+                stacklevel=4,
+            )
+        pad = config_pad
+    else:
+        pad = next((p for p in (tok_pad, config_pad, eos) if p is not None), None)
+    if pad is None:
+        raise ValueError("Neither the tokenizer nor the model config has a pad or EOS token to pad batches with; set "
+                         "tokenizer.pad_token first (e.g. tokenizer.pad_token = tokenizer.eos_token).")
+    type_pad = getattr(tokenizer, "pad_token_type_id", 0) if tokenizer is not None else 0
+    return {"input_ids": int(pad), "token_type_ids": type_pad}, (int(pad) if pools_last and config_pad is None else None)
+
+
+@contextlib.contextmanager
+def lent_pad(model: PreTrainedModel, pad_id: int | None) -> Iterator[None]:
+    """Lend ``config.pad_token_id`` for the block (decoder classifiers need one to batch), then restore it."""
+    if pad_id is None:
+        yield
+        return
+    before = model.config.pad_token_id
+    model.config.pad_token_id = pad_id
+    try:
+        yield
+    finally:
+        model.config.pad_token_id = before
 
 
 def forward_batch(
@@ -77,7 +141,7 @@ def forward_batch(
     """
     inputs = model_inputs(model, inputs)
     if positions is None:
-        positions = _explained_positions(head, inputs, tokenizer)
+        positions = _explained_positions(head, inputs, tokenizer, model)
     with torch.no_grad():
         out, logits = _forward_at(model, head, inputs, positions)
     num_classes = logits.shape[-1]
@@ -94,8 +158,26 @@ def forward_batch(
             if bad:
                 what = "token ids" if head.task.endswith("lm") else "classes"
                 raise ValueError(f"target {bad[0]} is out of range: this model has {num_classes} {what} (0..{num_classes - 1}).")
+    if head.check:
+        self_check(model, head, out.hidden_states[-1], positions, logits, targets)
     return Batch(model, tokenizer, head, head.task, inputs, special, out.hidden_states, logits, positions, targets,
                  predictions, layer, norm_source, indices, seed)
+
+
+def self_check(model: PreTrainedModel, head: Head, last_hidden: Tensor, positions: Tensor, logits: Tensor,
+               targets: Tensor) -> None:
+    """The head read on the final hidden state at the explained positions must give the model's own logits
+    (all classes of a sequence head; the target token of an LM): :func:`~normxlogit.core.heads.check_head`."""
+    with torch.no_grad():
+        rows = torch.arange(len(positions), device=last_hidden.device)
+        at = last_hidden[rows, positions.to(last_hidden.device)]
+        if head.task in LM_TASKS:
+            ids = targets.view(-1, 1).to(at.device)
+            read = id_logits(head, at[:, None], ids, intermediate=False)[:, 0]
+            own = logits.float().gather(-1, targets.view(-1, 1).to(logits.device))
+        else:
+            read, own = head(at).float(), logits.float()
+    check_head(head, own, read, dtype=next(model.parameters()).dtype)
 
 
 def _forward_at(model: PreTrainedModel, head: Head, inputs: dict[str, Tensor], positions: Tensor):
@@ -152,8 +234,9 @@ def iter_batches(
     """
     rows = encoded.rows if isinstance(encoded, Encoded) else list(encoded)
     device = model_device(model)
-    with eval_mode(model):
-        for idx, inputs, special in padded_batches(tokenizer, rows, device, batch_size=batch_size,
+    pads, lend = padding_for(model, tokenizer, head)
+    with eval_mode(model), lent_pad(model, lend):
+        for idx, inputs, special in padded_batches(pads, rows, device, batch_size=batch_size,
                                                    progress=progress, desc=desc):
             yield forward_batch(
                 model, tokenizer, head, inputs, special,
@@ -162,16 +245,36 @@ def iter_batches(
             )
 
 
-def _targets_per_text(target: int | Sequence[int] | None, n: int, task: Task) -> list[int] | None:
+def whole_number(value, name: str) -> int:
+    """``value`` as an int when it is a whole number (int, numpy or 0-d torch integer); a clear error otherwise
+    (floats, bools, strings and None are refused rather than silently converted)."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, Tensor) and value.dtype == torch.bool):
+        raise TypeError(f"{name} must be an int, not a bool ({value!r}).")
+    if isinstance(value, Tensor):
+        if value.dim() != 0 or value.is_floating_point():
+            raise TypeError(f"{name} must be an int; got a tensor of shape {tuple(value.shape)} and dtype "
+                            f"{value.dtype}. Pass int(...) of it.")
+        return int(value)
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, not {type(value).__name__} ({value!r}).") from None
+
+
+def _targets_per_text(target, n: int, task: Task) -> list[int] | None:
     if target is None:
         return None
     if task == "regression":
-        if target not in (0, [0] * n):
+        if isinstance(target, (list, tuple)) and all(isinstance(t, int) and t == 0 for t in target):
+            return None
+        if not (isinstance(target, int) and not isinstance(target, bool) and target == 0):
             raise ValueError("A regression model has one output: leave target=None (or 0).")
         return None
-    if isinstance(target, (int, np.integer)):
-        return [int(target)] * n
-    targets = [int(t) for t in target]
+    if isinstance(target, (str, bytes, dict)):
+        raise TypeError(f"target must be an int or a list of ints (class indices or token ids), not {target!r}.")
+    if not isinstance(target, (list, tuple, np.ndarray)) and not (isinstance(target, Tensor) and target.dim() == 1):
+        return [whole_number(target, "target")] * n
+    targets = [whole_number(t, "target") for t in target]
     if len(targets) != n:
         raise ValueError(f"Got {len(targets)} targets for {n} texts: pass one int, or one per text.")
     return targets
@@ -196,6 +299,8 @@ def attribute(
     batch_size: int = 32,
     head: Callable[[Tensor], Tensor] | Head | None = None,
     task: Task | None = None,
+    pooling: str | int | None = None,
+    check_head: bool = True,
     seed: int = 0,
     progress: bool = False,
     first_index: int = 0,
@@ -209,9 +314,11 @@ def attribute(
     spec = get_method(method)
     if norm_source not in NORM_SOURCES:
         raise ValueError(f"norm_source must be one of {', '.join(NORM_SOURCES)}, not {norm_source!r}.")
-    resolved = head if isinstance(head, Head) else resolve_head(model, task, head)
-    prepare_tokenizer(tokenizer, model)
-    layer_index = resolve_layer(layer, num_layers_of(model))
+    batch_size = whole_number(batch_size, "batch_size")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    resolved = head if isinstance(head, Head) else resolve_head(model, task, head, pooling=pooling, check=check_head)
+    layer_index = resolve_layer(whole_number(layer, "layer"), num_layers_of(model))
     targets = _targets_per_text(target, len(encoded), resolved.task)
     results: list[Attribution | None] = [None] * len(encoded)
     for batch in iter_batches(model, tokenizer, encoded, resolved, batch_size=batch_size, targets=targets,
@@ -236,7 +343,9 @@ def explain(
     batch_size: int = 32,
     max_length: int | None = None,
     head: Callable[[Tensor], Tensor] | None = None,
+    pooling: str | int | None = None,
     task: Task | None = None,
+    check_head: bool = True,
     seed: int = 0,
     progress: bool = False,
     **options,
@@ -249,15 +358,21 @@ def explain(
     an int or a list of ints explains those classes / token ids. ``layer`` reads the head on that layer's hidden
     states (``-1`` = last, ``0..L``). ``norm_source``: ``embedding_output`` (the authors' ``hidden_states[0]``),
     ``word_embedding`` (the raw embedding row) or ``layer`` (``||h^layer||``, the each-layer variant). ``head``: a
-    callable ``(N, hidden) -> (N, classes)`` for architectures the head table does not know. Extra keyword
-    ``options`` go to the method (e.g. ``n_steps`` for integrated gradients).
+    callable ``(N, hidden) -> (N, classes)`` for architectures the head table does not know, with ``pooling``
+    saying where it reads (``"first"``, ``"last"`` or a position), e.g.
+    ``nx.explain(model, tok, texts, head=lambda h: model.logits_proj(model.sequence_summary.summary(h)),
+    pooling="last")``. Extra keyword ``options`` go to the method (e.g. ``n_steps`` for integrated gradients).
+
+    Every call checks itself: at the explained position the head read on the final hidden state must give the
+    model's own output logits (1e-4 relative in float32), else a :class:`~normxlogit.core.heads.HeadMismatchError`
+    says what to do and no scores are returned. ``check_head=False`` turns the check off. The caller's tokenizer
+    and model config are left as they were.
     """
     get_method(method)  # unknown names fail before any tokenisation
     if norm_source not in NORM_SOURCES:
         raise ValueError(f"norm_source must be one of {', '.join(NORM_SOURCES)}, not {norm_source!r}.")
-    resolve_layer(layer, num_layers_of(model))
-    resolved = resolve_head(model, task, head)
-    prepare_tokenizer(tokenizer, model)
+    resolve_layer(whole_number(layer, "layer"), num_layers_of(model))
+    resolved = resolve_head(model, task, head, pooling=pooling, check=check_head)
     encoded = encode(model, tokenizer, texts, max_length)
     out = attribute(model, tokenizer, encoded, method, target=target, layer=layer, norm_source=norm_source,
                     batch_size=batch_size, head=resolved, seed=seed, progress=progress, **options)

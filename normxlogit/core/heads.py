@@ -1,9 +1,11 @@
-"""Reading a model's own prediction head ("head-on-top") on every token's hidden state.
+"""Reading a model's own prediction head ("head-on-top") on every token's hidden state, and checking the read.
 
-All per-architecture knowledge lives in one table, :data:`HEADS`, keyed by ``config.model_type``. Each entry says
-how the family's sequence-classification head, masked-LM head and causal-LM head map hidden vectors to logits, and
-which position the sequence head normally pools. Anything not in the table can be served by passing a callable
-``head(states) -> logits`` to :func:`resolve_head` (and to ``nx.explain``).
+:func:`resolve_head` turns a loaded model into a :class:`Head`: the family's reader from the table
+(:data:`~normxlogit.core.architectures.HEADS`), a generic reader for families outside it, or a user's ``head=``
+callable; then whatever the model applies after its head (logit soft-capping, logit scaling). :func:`check_head` is
+the self-check every call runs: at the position the model itself explains, the head read on the final hidden state
+must give the model's own output logits; otherwise :class:`HeadMismatchError` says what to do and no score is
+returned.
 """
 
 from __future__ import annotations
@@ -15,144 +17,25 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from ..models import Task, detect_task
+from ..models import Task, check_task, detect_task
+from .architectures import HEADS, HeadSpec, Reader, list_architectures
 
-# A head reader maps hidden states (N, H) to logits (N, C), for a model ``m``.
-Reader = Callable[[nn.Module, Tensor], Tensor]
 Pooling = Literal["first", "last", "every"]
+
+__all__ = ["HEADS", "Head", "HeadMismatchError", "HeadSpec", "UnsupportedModelError", "check_head",
+           "encoder_layers", "head_spec", "id_logits", "list_architectures", "output_layer", "pooled_positions",
+           "position_offset", "resolve_head"]
 
 
 class UnsupportedModelError(ValueError):
     """The prediction head of this model cannot be found; the message says how to pass one."""
 
 
-def _as_first_token(module: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """Apply a head that reads position 0 of (B, T, H) to every vector of (N, H): each becomes its own position 0."""
-    return lambda states: module(states.unsqueeze(1))
+class HeadMismatchError(UnsupportedModelError):
+    """The head read on the explained position does not give the model's own output: scores would be wrong."""
 
 
-# --- sequence-classification heads, each applied to N vectors as if each were the pooled one -------------------
-def _bert_seq(m: nn.Module, h: Tensor) -> Tensor:
-    # BertPooler reads position 0: dense + tanh; then dropout (identity in eval) and the classifier.
-    return m.classifier(m.dropout(_as_first_token(m.bert.pooler)(h)))
-
-
-def _albert_seq(m: nn.Module, h: Tensor) -> Tensor:
-    base = m.albert
-    return m.classifier(m.dropout(base.pooler_activation(base.pooler(h))))
-
-
-def _first_token_classifier(m: nn.Module, h: Tensor) -> Tensor:
-    # RoBERTa, XLM-R, CamemBERT, ELECTRA, MPNet: ``classifier`` itself takes features[:, 0].
-    return _as_first_token(m.classifier)(h)
-
-
-def _deberta_seq(m: nn.Module, h: Tensor) -> Tensor:
-    # ContextPooler reads position 0 (dense + activation), then dropout and the classifier.
-    return m.classifier(m.dropout(_as_first_token(m.pooler)(h)))
-
-
-def _distilbert_seq(m: nn.Module, h: Tensor) -> Tensor:
-    return m.classifier(m.dropout(nn.functional.relu(m.pre_classifier(h))))
-
-
-def _score_seq(m: nn.Module, h: Tensor) -> Tensor:
-    # Decoder classifiers apply ``score`` to every position and pick the last real token.
-    return m.score(h)
-
-
-# --- language-model heads --------------------------------------------------------------------------------------
-def _bert_mlm(m: nn.Module, h: Tensor) -> Tensor:
-    return m.cls(h)
-
-
-def _roberta_mlm(m: nn.Module, h: Tensor) -> Tensor:
-    return m.lm_head(h)
-
-
-def _albert_mlm(m: nn.Module, h: Tensor) -> Tensor:
-    return m.predictions(h)
-
-
-def _distilbert_mlm(m: nn.Module, h: Tensor) -> Tensor:
-    return m.vocab_projector(m.vocab_layer_norm(m.activation(m.vocab_transform(h))))
-
-
-def _electra_mlm(m: nn.Module, h: Tensor) -> Tensor:
-    return m.generator_lm_head(m.generator_predictions(h))
-
-
-def _deberta_mlm(m: nn.Module, h: Tensor) -> Tensor:
-    if getattr(m, "legacy", True):
-        return m.cls(h)
-    return m.lm_predictions(h, m.deberta.embeddings.word_embeddings)
-
-
-def _output_embeddings(m: nn.Module, h: Tensor) -> Tensor:
-    # Causal LMs: ``lm_head`` (the output embeddings) maps every position already.
-    return m.get_output_embeddings()(h)
-
-
-def _decoder_final_norm(m: PreTrainedModel) -> nn.Module | None:
-    """The final norm of a decoder stack (applied before the head, so intermediate layers need it: a logit lens)."""
-    base = m.base_model
-    for name in ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f"):
-        module = getattr(base, name, None)
-        if isinstance(module, nn.Module):
-            return module
-    return None
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """How one model family reads its heads; ``None`` means the family has no such head in the table."""
-
-    sequence: Reader | None = None
-    masked_lm: Reader | None = None
-    causal_lm: Reader | None = _output_embeddings
-    pooling: Literal["first", "last"] = "first"
-    decoder: bool = False  # pre-LN decoders: hidden_states[l < L] need the final norm before the head
-    #: the last linear layer of the sequence head (fine-tuning rescales it for regression targets)
-    output_layer: str = "classifier"
-    #: ``"bert"`` where the encoder layers have BERT's layout (``attention.self.{query,key,value}``,
-    #: ``attention.output``, ``intermediate``, ``output``; post-LN), which layer-recomputing methods need
-    encoder_layout: str | None = None
-
-
-_ENCODER_FIRST = HeadSpec(sequence=_first_token_classifier, masked_lm=_roberta_mlm,
-                          output_layer="classifier.out_proj", encoder_layout="bert")
-_DECODER = HeadSpec(sequence=_score_seq, masked_lm=None, pooling="last", decoder=True, output_layer="score")
-
-#: model_type -> how to read its heads. Add a family here (or pass ``head=``) to support a new architecture.
-HEADS: dict[str, HeadSpec] = {
-    "bert": HeadSpec(sequence=_bert_seq, masked_lm=_bert_mlm, encoder_layout="bert"),
-    "albert": HeadSpec(sequence=_albert_seq, masked_lm=_albert_mlm),
-    "roberta": _ENCODER_FIRST,
-    "xlm-roberta": _ENCODER_FIRST,
-    "camembert": _ENCODER_FIRST,
-    "mpnet": HeadSpec(sequence=_first_token_classifier, masked_lm=_roberta_mlm, output_layer="classifier.out_proj"),
-    "electra": HeadSpec(sequence=_first_token_classifier, masked_lm=_electra_mlm, output_layer="classifier.out_proj",
-                        encoder_layout="bert"),
-    "deberta-v2": HeadSpec(sequence=_deberta_seq, masked_lm=_deberta_mlm),
-    "deberta": HeadSpec(sequence=_deberta_seq, masked_lm=_deberta_mlm),
-    "distilbert": HeadSpec(sequence=_distilbert_seq, masked_lm=_distilbert_mlm),
-    "gpt2": _DECODER,
-    "gpt_neo": _DECODER,
-    "gptj": _DECODER,
-    "llama": _DECODER,
-    "mistral": _DECODER,
-    "mixtral": _DECODER,
-    "qwen2": _DECODER,
-    "qwen3": _DECODER,
-    "gemma": _DECODER,
-    "gemma2": _DECODER,
-    "phi": _DECODER,
-    "phi3": _DECODER,
-    "olmo": _DECODER,
-    "opt": _DECODER,
-}
-
-
+# --- facts from the table ------------------------------------------------------------------------------------------
 def head_spec(model: PreTrainedModel) -> HeadSpec | None:
     """The table's entry for ``model``'s family (None when the family is not in the table)."""
     return HEADS.get(getattr(model.config, "model_type", ""))
@@ -180,8 +63,8 @@ def output_layer(model: PreTrainedModel) -> nn.Linear:
         if isinstance(layer, nn.Linear):
             return layer
     raise UnsupportedModelError(
-        f"Cannot find the output layer of a {type(model).__name__}; add its family to normxlogit.core.heads.HEADS "
-        "(field output_layer), or train it with a recipe of your own train_fn."
+        f"Cannot find the output layer of a {type(model).__name__}; add its family to normxlogit.core.architectures."
+        "HEADS (field output_layer), or train it with a recipe of your own train_fn."
     )
 
 
@@ -205,70 +88,213 @@ def encoder_layers(model: PreTrainedModel, method: str) -> nn.ModuleList:
     return model.base_model.encoder.layer
 
 
-def list_architectures() -> list[str]:
-    """Model types whose heads are known (others work with ``head=``)."""
-    return sorted(HEADS)
+_FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f", "final_norm")
 
 
+def final_norm_modules(model: PreTrainedModel, spec: HeadSpec | None) -> list[nn.Module]:
+    """What a decoder applies to its last layer's output before the head (the logit lens applies it to every
+    layer): the table's ``final_norm`` paths, else a norm found by name on the base model or its decoder."""
+    if spec is not None and spec.final_norm is not None:
+        modules = []
+        for path in spec.final_norm:
+            try:
+                module = model.get_submodule(path)
+            except AttributeError:
+                continue
+            if isinstance(module, nn.Module):
+                modules.append(module)
+        return modules
+    for owner in (model.base_model, getattr(model.base_model, "decoder", None)):
+        for name in _FINAL_NORM_NAMES:
+            module = getattr(owner, name, None) if owner is not None else None
+            if isinstance(module, nn.Module):
+                return [module]
+    return []
+
+
+def logit_postprocess(model: PreTrainedModel, task: Task) -> Callable[[Tensor], Tensor] | None:
+    """What a causal LM applies to its head's output, read from its config: Gemma's ``final_logit_softcapping``
+    (``cap * tanh(logits / cap)``), Cohere's ``logit_scale`` (a product) and Granite's ``logits_scaling`` (a
+    quotient). None when there is nothing to apply."""
+    if task != "causal-lm":
+        return None
+    config = model.config
+    steps: list[Callable[[Tensor], Tensor]] = []
+    scale = getattr(model, "logit_scale", None)
+    if isinstance(scale, (int, float)) and scale != 1:
+        steps.append(lambda x, s=float(scale): x * s)
+    scaling = getattr(config, "logits_scaling", None)
+    if isinstance(scaling, (int, float)) and scaling != 1:
+        steps.append(lambda x, s=float(scaling): x / s)
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        steps.append(lambda x, c=float(cap): torch.tanh(x / c) * c)
+    if not steps:
+        return None
+
+    def apply(x: Tensor) -> Tensor:
+        for step in steps:
+            x = step(x)
+        return x
+
+    return apply
+
+
+# --- the resolved head ---------------------------------------------------------------------------------------------
 @dataclass
 class Head:
-    """A resolved head: maps hidden states (..., H) to logits (..., C) for one loaded model."""
+    """A resolved head: maps hidden states (..., H) to logits (..., C) for one loaded model.
+
+    ``source``: ``"table"``, ``"generic"`` (a guess for a family outside the table, accepted only once it passes
+    :func:`check_head`) or ``"user"`` (a ``head=`` callable). ``position``: a fixed position to explain (``pooling=``
+    an int), else None.
+    """
 
     model: nn.Module
     reader: Callable[[Tensor], Tensor]
     task: Task
     pooling: Pooling
-    final_norm: nn.Module | None
+    final_norm: list[nn.Module]
+    postprocess: Callable[[Tensor], Tensor] | None = None
+    source: str = "table"
+    position: int | None = None
+    check: bool = True
 
     def __call__(self, states: Tensor, *, intermediate: bool = False) -> Tensor:
         """Logits for every vector in ``states`` (any leading shape). ``intermediate``: apply a decoder's final norm."""
         lead, hidden = states.shape[:-1], states.shape[-1]
-        flat = states.reshape(-1, hidden)
-        if intermediate and self.final_norm is not None:
-            flat = self.final_norm(flat)
+        flat = self.normed(states.reshape(-1, hidden)) if intermediate else states.reshape(-1, hidden)
         logits = self.reader(flat)
+        if self.postprocess is not None:
+            logits = self.postprocess(logits)
         return logits.reshape(*lead, logits.shape[-1])
 
+    def normed(self, states: Tensor) -> Tensor:
+        """``states`` through the decoder's final norm (identity for encoders)."""
+        for module in self.final_norm:
+            states = module(states)
+        return states
 
-def resolve_head(model: PreTrainedModel, task: Task | None = None, head: Callable[[Tensor], Tensor] | None = None) -> Head:
+
+def _generic_readers(model: PreTrainedModel, task: Task) -> tuple[Reader | None, Pooling]:
+    """A guess for a family outside the table (used only if it passes the self-check)."""
+    if task in ("masked-lm", "causal-lm"):
+        decoder = model.get_output_embeddings()
+        if decoder is None:
+            return None, "every"
+        return (lambda m, h: m.get_output_embeddings()(h)), "every"
+    if isinstance(getattr(model, "score", None), nn.Linear):
+        return (lambda m, h: m.score(h)), "last"
+    classifier = getattr(model, "classifier", None)
+    if isinstance(classifier, nn.Linear):
+        return (lambda m, h: m.classifier(h)), "first"
+    return None, "first"
+
+
+def resolve_head(
+    model: PreTrainedModel,
+    task: Task | None = None,
+    head: Callable[[Tensor], Tensor] | None = None,
+    *,
+    pooling: str | int | None = None,
+    check: bool = True,
+) -> Head:
     """Find how to read ``model``'s prediction head on arbitrary token vectors.
 
     ``head``: a callable taking hidden states ``(N, H)`` and returning logits ``(N, C)``, for architectures the
-    table does not know (or to override it).
+    table does not know (or to override it). ``pooling``: where that head reads: ``"first"`` (the first token, as
+    BERT-style classifiers), ``"last"`` (the last real token, as decoder classifiers, XLNet or CTRL) or an int (a
+    fixed position); default: the table's pooling, else ``"first"``. ``check=False`` turns off the self-check
+    (:func:`check_head`) that every call otherwise runs.
     """
-    task = task or detect_task(model)
+    task = check_task(model, task) if task is not None else detect_task(model)
     model_type = getattr(model.config, "model_type", "")
     spec = HEADS.get(model_type)
+    if spec is not None and spec.unsupported:
+        raise UnsupportedModelError(f"{type(model).__name__} (model_type={model_type!r}) is not supported: "
+                                    f"{spec.unsupported}")
+    if pooling is not None and not (pooling in ("first", "last") or (isinstance(pooling, int)
+                                                                      and not isinstance(pooling, bool))):
+        raise ValueError(f"pooling must be 'first', 'last' or a position (an int), not {pooling!r}.")
+    decoder_like = (spec.decoder if spec is not None else False) or task == "causal-lm"
+    final_norm = final_norm_modules(model, spec) if decoder_like else []
+    post = logit_postprocess(model, task)
     is_lm = task in ("masked-lm", "causal-lm")
-    if spec is None:
-        # Sensible guesses for families outside the table: decoders with ``score`` and LMs with output embeddings.
-        if task == "causal-lm" or hasattr(model, "score"):
-            spec = _DECODER
-        else:
-            spec = HeadSpec(sequence=None, masked_lm=None, causal_lm=None)
-    decoder = spec.decoder or task == "causal-lm"
-    final_norm = _decoder_final_norm(model) if decoder else None
-    pooling: Pooling = "every" if is_lm else spec.pooling
+    fixed = pooling if isinstance(pooling, int) and not isinstance(pooling, bool) else None
     if head is not None:
-        return Head(model, head, task, pooling, final_norm)
-    reader = {"classification": spec.sequence, "regression": spec.sequence, "masked-lm": spec.masked_lm,
-              "causal-lm": spec.causal_lm}[task]
-    if reader is None or (task == "causal-lm" and model.get_output_embeddings() is None):
-        raise UnsupportedModelError(
-            f"normxlogit does not know how to read the {task} head of a {type(model).__name__} "
-            f"(model_type={model_type!r}). Pass head=callable mapping hidden states (N, hidden) to logits (N, classes), "
-            f"e.g. head=lambda h: model.classifier(h.unsqueeze(1)), or add an entry to normxlogit.heads.HEADS. "
-            f"Known model types: {', '.join(list_architectures())}."
-        )
-    return Head(model, lambda states: reader(model, states), task, pooling, final_norm)
+        chosen: Pooling = "every" if is_lm else ("last" if pooling == "last" else "first")
+        if not is_lm and pooling is None and spec is not None:
+            chosen = spec.pooling
+        return Head(model, head, task, chosen, final_norm, None, "user", fixed, check)
+    source = "table"
+    reader = None
+    table_pooling: Pooling = "first"
+    if spec is not None:
+        reader = {"classification": spec.sequence, "regression": spec.sequence, "masked-lm": spec.masked_lm,
+                  "causal-lm": spec.causal_lm}[task]
+        table_pooling = spec.pooling
+    if reader is None:
+        reader, table_pooling = _generic_readers(model, task)
+        source = "generic"
+        if reader is None:
+            raise UnsupportedModelError(
+                f"normxlogit does not know how to read the {task} head of a {type(model).__name__} "
+                f"(model_type={model_type!r}). Pass head=callable mapping hidden states (N, hidden) to logits "
+                f"(N, classes), e.g. head=lambda h: model.classifier(h.unsqueeze(1)), with pooling='first'/'last' "
+                f"where the head reads, or add an entry to normxlogit.core.architectures.HEADS. "
+                f"Known model types: {', '.join(list_architectures())}."
+            )
+    chosen = "every" if is_lm else (pooling if pooling in ("first", "last") else table_pooling)
+    return Head(model, lambda states, r=reader: r(model, states), task, chosen, final_norm, post, source, fixed,
+                check)
 
 
-def pooled_positions(attention_mask: Tensor, pooling: Pooling) -> Tensor:
-    """Index of the position the sequence head reads, per row: 0, or the last real (attended) token."""
+def pooled_positions(attention_mask: Tensor, pooling: Pooling, input_ids: Tensor | None = None,
+                     pad_token_id: int | None = None) -> Tensor:
+    """Index of the position the sequence head reads, per row.
+
+    ``"first"``: 0. ``"last"``: as transformers' decoder classifiers pool, the rightmost token that is not the
+    model's pad token (``config.pad_token_id``) when ``input_ids`` and ``pad_token_id`` are given, else the last
+    attended token.
+    """
     if pooling == "last":
+        if input_ids is not None and pad_token_id is not None:
+            not_pad = (input_ids != pad_token_id).long()
+            index = torch.arange(input_ids.shape[-1], device=input_ids.device)
+            return (index * not_pad).argmax(-1)
         lengths = attention_mask.long().sum(-1)
         return (lengths - 1).clamp(min=0)
     return torch.zeros(attention_mask.shape[0], dtype=torch.long, device=attention_mask.device)
+
+
+# --- the self-check ------------------------------------------------------------------------------------------------
+def tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance of the self-check for a model computing in ``dtype``."""
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
+
+
+def check_head(head: Head, model_logits: Tensor, read_logits: Tensor, *, dtype: torch.dtype = torch.float32,
+               layer_note: str = "") -> None:
+    """Raise :class:`HeadMismatchError` unless the head's read equals the model's own logits at the explained
+    position (both (B, K): the target columns, or the regression output), to ``tolerance(dtype)`` relative."""
+    if not head.check:
+        return
+    expected, got = model_logits.detach().float(), read_logits.detach().float().to(model_logits.device)
+    scale = expected.abs().clamp(min=1.0)
+    gap = ((got - expected).abs() / scale)
+    if not torch.isfinite(got).all() or gap.max() > tolerance(dtype):
+        row, col = divmod(int(torch.nan_to_num(gap, nan=float("inf")).argmax()), expected.shape[-1])
+        model = head.model
+        what = {"table": "the head table's reader", "generic": "a generic guess (this family is not in the table)",
+                "user": "the head= callable"}[head.source]
+        raise HeadMismatchError(
+            f"Self-check failed for {type(model).__name__} (model_type={getattr(model.config, 'model_type', '')!r}, "
+            f"task={head.task}): at the explained position {what}{layer_note} gives "
+            f"{float(got[row, col]):.6g}, but the model's own output is {float(expected[row, col]):.6g}. The scores "
+            "would be wrong, so none are returned. Pass head= (a callable (N, hidden) -> (N, classes)) and "
+            "pooling= ('first', 'last' or a position) that reproduce the model's output, or add or fix the "
+            "family's entry in normxlogit.core.architectures.HEADS. (check_head=False turns this check off.)"
+        )
 
 
 # --- the head's logits for a few ids at every token ------------------------------------------------------------------
@@ -280,14 +306,15 @@ def id_logits(head: Head, states: Tensor, ids: Tensor, *, intermediate: bool = T
     """``head(states)[..., ids]`` without the full-vocabulary product: (..., B, T, K) for ``ids`` (B, K).
 
     The head is run up to its output embedding (a linear layer over the vocabulary), whose input is captured; only
-    the K wanted rows are then applied. Falls back to the full head (then gathers) when the head does not end in
-    the model's output embeddings, e.g. a sequence classifier or a user-supplied head.
+    the K wanted rows are then applied, followed by the model's logit soft-capping or scaling. Falls back to the
+    full head (then gathers) when the head does not end in the model's output embeddings, e.g. a sequence
+    classifier or a user-supplied head.
     """
     lead = states.shape[:-1]  # (..., B, T)
     decoder = head.model.get_output_embeddings() if hasattr(head.model, "get_output_embeddings") else None
     box: dict[str, Tensor] = {}
     full = None
-    if isinstance(decoder, nn.Linear) and head.task in ("masked-lm", "causal-lm"):
+    if isinstance(decoder, nn.Linear) and head.task in ("masked-lm", "causal-lm") and head.source != "user":
         def grab(module, args):
             box["x"] = args[0]
             raise _Captured
@@ -304,8 +331,10 @@ def id_logits(head: Head, states: Tensor, ids: Tensor, *, intermediate: bool = T
         index = ids.view(*([1] * (len(lead) - 2)), ids.shape[0], 1, ids.shape[1]).expand(*lead, ids.shape[1])
         return full.gather(-1, index.to(full.device)).float()
     features = box["x"].reshape(*lead, -1)
-    weight = decoder.weight[ids.to(decoder.weight.device)]  # (B, K, H')
-    logits = torch.einsum("...bth,bkh->...btk", features, weight)
+    rows = ids.to(decoder.weight.device)
+    logits = torch.einsum("...bth,bkh->...btk", features, decoder.weight[rows])
     if decoder.bias is not None:
-        logits = logits + decoder.bias[ids.to(decoder.weight.device)][:, None, :]
+        logits = logits + decoder.bias[rows][:, None, :]
+    if head.postprocess is not None:
+        logits = head.postprocess(logits)
     return logits.float()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import unicodedata
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,12 @@ Row = Mapping[str, Any]
 # --- input checks ------------------------------------------------------------------------------------------------
 def normalise_texts(texts: Texts) -> tuple[list[TextInput], bool]:
     """A list of texts or (text, text) pairs, and whether a single input was given. Empty text is an error."""
+    if texts is None or isinstance(texts, (Mapping, bytes, set)) or not isinstance(texts, (str, Sequence)):
+        if not (hasattr(texts, "__iter__") and not isinstance(texts, (Mapping, bytes, set))):
+            raise TypeError(f"texts must be a string, a list of strings or a list of (text, text) pairs, not "
+                            f"{type(texts).__name__}" + (" (a dict's keys are not texts: pass list(d.values()) or "
+                                                         "the column you mean)" if isinstance(texts, Mapping) else "")
+                            + ".")
     single = isinstance(texts, str) or (
         isinstance(texts, tuple) and len(texts) == 2 and all(isinstance(t, str) for t in texts)
     )
@@ -47,17 +54,23 @@ def normalise_texts(texts: Texts) -> tuple[list[TextInput], bool]:
         parts = (item,) if isinstance(item, str) else item
         if not isinstance(parts, tuple) or len(parts) not in (1, 2) or not all(isinstance(p, str) for p in parts):
             raise TypeError(f"Text {i} is a {type(item).__name__}; expected a string or a (text, text) pair.")
-        if any(not p.strip() for p in parts):
-            raise ValueError(f"Text {i} is empty or whitespace only; there is nothing to explain. Remove it.")
+        if any(not _visible(p) for p in parts):
+            raise ValueError(f"Text {i} is empty, or holds only whitespace, control or zero-width characters; there "
+                             "is nothing to explain. Remove it.")
         out.append(item)
     return out, single
+
+
+def _visible(text: str) -> bool:
+    """Whether ``text`` has a character that is neither whitespace, a control nor a format (zero-width) character."""
+    return any(not ch.isspace() and unicodedata.category(ch)[0] != "C" for ch in text)
 
 
 def model_max_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
     """The longest input the model accepts: the tokenizer's limit, capped by the position embeddings."""
     limits = [tokenizer.model_max_length] if tokenizer.model_max_length < 1_000_000 else []
     positions = getattr(model.config, "max_position_embeddings", None)
-    if positions:
+    if isinstance(positions, int) and positions > 0:  # XLNet's -1 means "no limit"
         limits.append(positions - position_offset(model))
     return min(limits) if limits else 512
 
@@ -73,6 +86,12 @@ def tokenize(
     kwargs = dict(truncation=True, max_length=max_length, return_special_tokens_mask=True)
     enc = tokenizer(firsts, seconds, **kwargs) if seconds is not None else tokenizer(firsts, **kwargs)
     rows = [{k: enc[k][i] for k in enc.keys()} for i in range(len(texts))]
+    # A special token typed into the text ("[CLS]", "</s>") is tokenised as that token but marked as content;
+    # mark it special too, so that no ranking treats it as a word (the mask token stays: it is what MLMs explain).
+    specials = set(tokenizer.all_special_ids) - {tokenizer.mask_token_id}
+    for row in rows:
+        row["special_tokens_mask"] = [int(m or i in specials) for i, m in zip(row["input_ids"],
+                                                                              row["special_tokens_mask"])]
     # Only rows that reach the limit can have been cut: check those without truncation.
     full = [i for i, r in enumerate(rows) if len(r["input_ids"]) >= max_length]
     if full:
@@ -115,10 +134,18 @@ def encode(
         return texts
     items, single = normalise_texts(texts)
     limit = model_max_length(model, tokenizer)
-    if max_length is not None and not 1 < max_length <= limit:
-        raise ValueError(f"max_length must be between 2 and the model's limit {limit}, got {max_length}.")
-    length = max_length or limit
-    return Encoded(items, tokenize(tokenizer, items, length), single, length)
+    if max_length is not None:
+        if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)):
+            raise TypeError(f"max_length must be an int (tokens), not {type(max_length).__name__} ({max_length!r}).")
+        if not 1 < max_length <= limit:
+            raise ValueError(f"max_length must be between 2 and the model's limit {limit}, got {max_length}.")
+    length = int(max_length or limit)
+    rows = tokenize(tokenizer, items, length)
+    empty = [i for i, r in enumerate(rows) if all(r["special_tokens_mask"])]
+    if empty:
+        raise ValueError(f"Text {empty[0]} tokenises to special tokens only ({len(empty)} such text(s)); there is no "
+                         "word to attribute to. Remove it or check the tokenizer.")
+    return Encoded(items, rows, single, length)
 
 
 # --- batching --------------------------------------------------------------------------------------------------------

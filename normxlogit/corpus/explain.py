@@ -25,7 +25,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..core.attribution import Attribution
 from ..core.explain import attribute, explain
 from ..core.inputs import encode
-from ..models import prepare_tokenizer
 from .errors import CorpusError
 from .manifest import finish_output, model_names, open_output, pending_shards, read_manifest, run_config
 from .processes import on_main, place_model, process_state, progress_bar
@@ -105,7 +104,6 @@ def explain_dataset(
     # What explain() does around attribute(): tokenise with max_length (the rest goes to attribute).
     max_length = explain_options.get("max_length")
     options = {k: v for k, v in explain_options.items() if k != "max_length"}
-    prepare_tokenizer(tokenizer, model)
     started = time.perf_counter()
     for shard in mine:
         rows = shard_rows(shard, n, shard_size)

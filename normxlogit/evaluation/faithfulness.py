@@ -59,7 +59,9 @@ from ..core.attribution import Attribution
 from ..core.explain import attribute
 from ..core.inputs import Encoded, Texts, encode, eval_mode, model_device, model_inputs, padded_batches
 from ..core.registry import get_method
-from ..models import Task, detect_task, prepare_tokenizer
+from ..core.explain import lent_pad, padding_for
+from ..core.heads import resolve_head
+from ..models import Task, detect_task
 from .perturbation import (DEFAULT_RATIOS, KINDS, PROTOCOLS, Protocol, Replacement, perturb, ranked_positions,
                            replaced_positions, replacement_id, top_count)
 from .results import FaithfulnessResult
@@ -153,7 +155,7 @@ def evaluate(
     if batch_tokens < 1:
         raise ValueError(f"batch_tokens must be at least 1, got {batch_tokens}.")
     task = _task_of(model, task)
-    prepare_tokenizer(tokenizer, model)
+    pads, lend = padding_for(model, tokenizer, resolve_head(model, task))
     token_id = replacement_id(tokenizer, replacement)
     if texts is None:
         if isinstance(method_or_attributions, str):
@@ -209,11 +211,12 @@ def evaluate(
             count = top_count(ratio, n, protocol)
             for kind in KINDS:
                 positions = replaced_positions(ranking, count, kind)
-                where[kind][i, j] = index_of(perturb(base, positions, replacement, token_id, tokenizer.pad_token_id))
+                where[kind][i, j] = index_of(perturb(base, positions, replacement, token_id, pads["input_ids"]))
     total = len(items) * (1 + 2 * len(ratios))
 
     # 2. Run them, longest first, in batches of about ``batch_tokens`` tokens.
-    logits = _run(model, tokenizer, inputs, batch_tokens, progress)
+    with lent_pad(model, lend):
+        logits = _run(model, pads, inputs, batch_tokens, progress)
 
     # 3. Per-example outcomes.
     if task == "regression":
@@ -245,13 +248,13 @@ def evaluate(
                               original_prediction, gold, n_ranked, meta)
 
 
-def _run(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, inputs: list[dict[str, np.ndarray]],
+def _run(model: PreTrainedModel, pads: dict[str, int], inputs: list[dict[str, np.ndarray]],
          batch_tokens: int, progress: bool | None) -> np.ndarray:
     """Logits (len(inputs), C) as float32, computed in length-sorted, right-padded batches of ``batch_tokens``."""
     show = len(inputs) > 5000 if progress is None else progress
     out: np.ndarray | None = None
     with eval_mode(model), torch.inference_mode():
-        for idx, batch, _ in padded_batches(tokenizer, inputs, model_device(model), batch_tokens=batch_tokens,
+        for idx, batch, _ in padded_batches(pads, inputs, model_device(model), batch_tokens=batch_tokens,
                                             progress=show, desc="faithfulness"):
             logits = model(**model_inputs(model, batch)).logits.float().cpu().numpy()
             if out is None:
@@ -346,7 +349,6 @@ def evaluate_methods(
                 continue
             if attrs is None:
                 start = time.perf_counter()
-                prepare_tokenizer(tokenizer, model)
                 attrs = attribute(model, tokenizer, encoded, method, seed=seed, batch_size=explain_batch_size,
                                   progress=progress, **options)
                 attribution_seconds = round(time.perf_counter() - start, 3)

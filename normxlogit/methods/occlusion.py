@@ -31,7 +31,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..core.heads import Head, pooled_positions, resolve_head
 from ..core.inputs import Texts, collate, encode, eval_mode, model_device, model_inputs, replacement_token_id
 from ..core.registry import Batch, register_method
-from ..models import Task, prepare_tokenizer
+from ..core.explain import lent_pad, padding_for
+from ..models import Task
 
 __all__ = ["leave_one_out", "occlude", "variant_outputs"]
 
@@ -134,21 +135,22 @@ def occlude(
     task = head.task
     if task not in ("classification", "regression"):
         raise ValueError(f"occlude supports sequence classifiers and regressors, not {task} models.")
-    prepare_tokenizer(tokenizer, model)
     rep = replacement_token_id(tokenizer) if replacement is None else int(replacement)
     for k, (row, pos) in enumerate(zip(rows, positions)):
         bad = [p for p in pos if not 0 <= p < len(row["input_ids"])]
         if bad:
             raise ValueError(f"Position {bad[0]} is outside text {k}, which has {len(row['input_ids'])} tokens.")
     device = model_device(model)
-    with eval_mode(model):
-        inputs, _ = collate(tokenizer, rows, device)
+    pads, lend = padding_for(model, tokenizer, head)
+    with eval_mode(model), lent_pad(model, lend):
+        inputs, _ = collate(pads, rows, device)
         masked_ids = inputs["input_ids"].clone()
         for k, pos in enumerate(positions):
             masked_ids[k, list(pos)] = rep
         n = len(rows)
         index = torch.arange(n, device=device)
-        pooled = pooled_positions(inputs["attention_mask"], head.pooling)
+        pooled = pooled_positions(inputs["attention_mask"], head.pooling, inputs["input_ids"],
+                                  getattr(model.config, "pad_token_id", None))
         both = variant_outputs(model, head, inputs, torch.cat([index, index]),
                                torch.cat([inputs["input_ids"], masked_ids]), torch.cat([pooled, pooled]), chunk_size)
     original, masked = both[:n].cpu(), both[n:].cpu()

@@ -25,7 +25,7 @@ from ..core.explain import iter_batches
 from ..core.heads import resolve_head
 from ..core.inputs import Texts, encode
 from ..evaluation.stats import cluster_bootstrap
-from ..models import Task, prepare_tokenizer
+from ..models import Task
 
 __all__ = ["layer_agreement", "layer_readouts"]
 
@@ -52,7 +52,6 @@ def layer_readouts(
     ``include_special`` (padding never appears).
     """
     resolved = resolve_head(model, task, head)
-    prepare_tokenizer(tokenizer, model)
     encoded = encode(model, tokenizer, texts, max_length)
     frames = []
     for batch in iter_batches(model, tokenizer, encoded, resolved, batch_size=batch_size, progress=progress,
