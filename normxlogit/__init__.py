@@ -21,6 +21,7 @@ from . import blimp_model, evidence  # blimp_model registers the "blimp" fine-tu
 from .blimp_model import evidence_data
 from .evidence import average_precision, dp, evaluate_alignment, layerwise_scores
 from .finetune import pretrained, pretrained_info
+from .generation import GenerationAttribution, GenerationInvariantError, explain_generation, list_generation_methods
 
 __version__ = "0.1.0"
 
@@ -37,4 +38,6 @@ __all__ = [
     # chapter 5: layer-wise evidence alignment on BLiMP
     "average_precision", "dp", "evaluate_alignment", "evidence", "evidence_data", "layerwise_scores",
     "pretrained", "pretrained_info",
+    # chapter 6: generations of causal LMs
+    "GenerationAttribution", "GenerationInvariantError", "explain_generation", "list_generation_methods",
 ]

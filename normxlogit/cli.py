@@ -15,6 +15,7 @@ _EXAMPLES = """examples:
   normxlogit explain "a man is playing a flute ." --pair "a man plays the flute ." --model stsb
   normxlogit explain "a gripping film ." --model sst2 --method logat --layer 3 --format json
   normxlogit explain "the film was [MASK] ." --model all-MiniLM-L6-v2 --task masked-lm --format html -o out.html
+  normxlogit explain-generation "What is the capital of France?" --model SmolLM2-135M-Instruct --chat --format html -o out.html
   normxlogit finetune sst2 stsb
   normxlogit methods
 """
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--force", action="store_true", help="retrain even when a cached model exists")
 
     sub.add_parser("methods", help="list the attribution methods")
+    from .generation import add_cli_parser
+
+    add_cli_parser(sub)
     return parser
 
 
@@ -123,6 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "explain":
             return _explain(args)
+        if args.command == "explain-generation":
+            from .generation import run_cli
+
+            return run_cli(args)
         if args.command == "finetune":
             from .finetune import finetune_cli
 
