@@ -627,11 +627,11 @@ class GenerationAttribution:
             body.append(f'<tr><th class="nxg-row">{t}: {html.escape(_display(token))}</th>{"".join(cells)}</tr>')
         style = (
             "<style>.nxg{font-family:sans-serif;max-width:100%}.nxg-text{line-height:2em;overflow-wrap:anywhere;"
-            "margin:0.3em 0 0.6em}.nxg-tok{white-space:pre-wrap;padding:1px 2px;margin:0 1px;border-radius:3px;"
-            "font-family:monospace}.nxg-matrix{overflow-x:auto;max-width:100%}.nxg table{border-collapse:collapse;"
+            "margin:0.3em 0 0.6em}.nxg-tok{white-space:pre;display:inline-block;max-width:100%;overflow:hidden;"
+            "padding:0 2px;margin:1px;border-radius:3px;font-family:monospace;line-height:1.6em}.nxg-matrix{overflow-x:auto;max-width:100%}.nxg table{border-collapse:collapse;"
             "font-size:0.75em}.nxg td{min-width:1.1em;height:1.1em;padding:0;border:1px solid #fff}"
             ".nxg-col{vertical-align:bottom;padding:0 1px}.nxg-col div{writing-mode:vertical-rl;transform:rotate(180deg);"
-            "white-space:pre;font-family:monospace;font-weight:normal;max-height:10em;overflow:hidden}"
+            "white-space:pre;font-family:monospace;font-weight:normal;max-height:10em;overflow:hidden;padding:2px 0}"
             ".nxg-gen div{color:#a00}.nxg-row{text-align:right;white-space:pre;font-family:monospace;"
             "font-weight:normal;padding-right:4px}</style>"
         )
