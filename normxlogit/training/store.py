@@ -8,14 +8,12 @@ second process waits for the first's model instead of training its own); later c
 
 from __future__ import annotations
 
-import contextlib
 import json
 import platform
 import shutil
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +52,7 @@ def pretrained(
     path = cached_path(name)
     if force or not _is_complete(path):
         # The lock makes a second process wait for the first's model instead of training its own.
-        with file_lock(path.parent / f".{path.name}.lock"):
+        with settings.file_lock(path.parent / f".{path.name}.lock"):
             if force or not _is_complete(path):
                 train_device = torch.device(device) if device is not None else _default_device()
                 _train_and_save(name, recipe, path, train_device)
@@ -74,22 +72,6 @@ def pretrained_info(name: str) -> dict[str, Any]:
 
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (a no-op where fcntl is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _versions() -> dict[str, str]:
