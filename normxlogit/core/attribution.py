@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ..settings import atomic_write_text
+
 
 @dataclass
 class Attribution:
@@ -122,7 +124,8 @@ class Attribution:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (numpy arrays become lists)."""
         data = asdict(self)
-        data["scores"] = [float(s) for s in self.scores]
+        # strict JSON has no NaN or infinity: a missing score is null, and comes back as NaN
+        data["scores"] = [float(s) if np.isfinite(s) else None for s in self.scores]
         if isinstance(self.text, tuple):
             data["text"] = list(self.text)
         return data
@@ -130,13 +133,14 @@ class Attribution:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Attribution":
         data = dict(data)
+        data["scores"] = [np.nan if s is None else s for s in data["scores"]]
         if isinstance(data.get("text"), list):
             data["text"] = tuple(data["text"])
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
         """Write this attribution as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
 
     @classmethod
     def load(cls, path: str | Path) -> "Attribution":
@@ -146,7 +150,7 @@ class Attribution:
 
 def save_attributions(attributions: list[Attribution], path: str | Path) -> None:
     """Write a list of attributions as one JSON file."""
-    Path(path).write_text(json.dumps([a.to_dict() for a in attributions]))
+    atomic_write_text(path, json.dumps([a.to_dict() for a in attributions], allow_nan=False))
 
 
 def load_attributions(path: str | Path) -> list[Attribution]:

@@ -181,14 +181,18 @@ class FaithfulnessResult:
 
     # --- rendering and files ---------------------------------------------------------------------------------
     def __repr__(self) -> str:
-        scores = ", ".join(f"{k}={v:.3f}" for k, v in self.aopc.items())
+        inner = _aopc_mask(self.ratios).any()
+        scores = ", ".join(f"{k}={v:.3f}" for k, v in self.aopc.items()) if inner else "no ratio strictly inside (0, 1)"
         return (f"FaithfulnessResult(method={self.method!r}, examples={self.n_examples}, protocol={self.protocol!r}, "
                 f"replacement={self.replacement!r}, AOPC: {scores})")
 
     def _repr_html_(self) -> str:
         head = (f"<b>{self.method}</b>: {self.n_examples} examples, protocol={self.protocol}, "
-                f"replacement={self.replacement}, AOPC over ratios 0 &lt; k &lt; 1")
-        return head + self.summary().to_frame("AOPC").to_html(float_format="{:.3f}".format)
+                f"replacement={self.replacement}")
+        if not _aopc_mask(self.ratios).any():  # no AOPC without an inner ratio: show the curves
+            return head + ", curves by ratio" + self.curves.to_html(float_format="{:.3f}".format)
+        return head + ", AOPC over ratios 0 &lt; k &lt; 1" + self.summary().to_frame("AOPC").to_html(
+            float_format="{:.3f}".format)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict holding everything (the curves are recomputed from it)."""

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
+import warnings
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,10 +118,9 @@ def pretrain_small_mlm(
     if cache:
         folder = settings.cache_dir() / "mlm_norms" if cache is True else Path(cache)
         path = folder / f"{_cache_key(texts, tokenizer, args)}.npz"
-        if path.exists():
-            z = np.load(path)
-            return [NormCheckpoint(int(step), float(loss), float(sec), norms)
-                    for step, loss, sec, norms in zip(z["step"], z["loss"], z["seconds"], z["norms"], strict=True)]
+        cached = _read_checkpoints(path)
+        if cached is not None:
+            return cached
 
     threads = torch.get_num_threads()
     if num_threads is not None:
@@ -131,11 +133,26 @@ def pretrain_small_mlm(
 
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
         np.savez_compressed(
-            path, step=np.array([c.step for c in checkpoints]), loss=np.array([c.loss for c in checkpoints]),
+            tmp, step=np.array([c.step for c in checkpoints]), loss=np.array([c.loss for c in checkpoints]),
             seconds=np.array([c.seconds for c in checkpoints]), norms=np.stack([c.norms for c in checkpoints]),
         )
+        os.replace(tmp, path)  # a reader never sees half a file
     return checkpoints
+
+
+def _read_checkpoints(path: Path) -> list[NormCheckpoint] | None:
+    """The cached checkpoints at ``path``; None when there are none or the file is unreadable (then retrained)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            return [NormCheckpoint(int(step), float(loss), float(sec), norms)
+                    for step, loss, sec, norms in zip(z["step"], z["loss"], z["seconds"], z["norms"], strict=True)]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        warnings.warn(f"Ignoring an unreadable cache file {path} ({err}); training again.", stacklevel=3)
+        return None
 
 
 def _train_mlm(
