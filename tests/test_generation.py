@@ -13,7 +13,8 @@ import transformers as tf
 from captum.attr import IntegratedGradients
 
 import normxlogit as nx
-from normxlogit import generation as gen
+from normxlogit.generation.explain import INVARIANT_TOLERANCE
+from normxlogit.generation.reading import gathered_logits
 from normxlogit import local_models
 from normxlogit.cli import main
 from conftest import tiny_config
@@ -86,7 +87,7 @@ def test_gathered_rows_equal_full_vocabulary(lm):
     ids = torch.tensor([5, 17, 5, 1000])
     with torch.no_grad():
         full = head(states, intermediate=True)[..., ids]
-        lean = gen.gathered_logits(head, states, ids, intermediate=True)
+        lean = gathered_logits(head, states, ids, intermediate=True)
     assert lean.shape == (2, 7, 4)
     torch.testing.assert_close(lean, full, rtol=1e-5, atol=1e-6)
     # The output embedding is back to normal afterwards.
@@ -257,7 +258,7 @@ def test_bfloat16(make_tiny):
     model, tok = make_tiny("llama", "causal-lm")
     half = copy.deepcopy(model).to(torch.bfloat16)
     r = nx.explain_generation(half, tok, PROMPT, continuation=CONTINUATION, method="normxlogit")
-    assert r.meta["dtype"] == "bfloat16" and r.meta["invariant_gap"] < gen.INVARIANT_TOLERANCE[torch.bfloat16]
+    assert r.meta["dtype"] == "bfloat16" and r.meta["invariant_gap"] < INVARIANT_TOLERANCE[torch.bfloat16]
     assert np.isfinite(r.scores[_valid(r)]).all()
     for method in ("gradient_norm", "leave_one_out"):
         assert np.isfinite(nx.explain_generation(half, tok, "the cat", continuation="sat", method=method)

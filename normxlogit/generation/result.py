@@ -1,0 +1,278 @@
+"""The result of a generation attribution: :class:`GenerationAttribution` (every generated token against every
+earlier token), its views (top sources, data frames, text), its HTML (a per-step view and a heatmap matrix) and
+strict JSON."""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .registry import GENERATION_METHODS
+
+__all__ = ["GenerationAttribution"]
+
+
+def _json_floats(values: np.ndarray) -> list:
+    """Nested lists with NaN (and inf) as ``None``: strict JSON."""
+    array = np.asarray(values, dtype=np.float64)
+    return np.where(np.isfinite(array), array, None).tolist()
+
+
+def _display(token: str) -> str:
+    return token.replace("\n", "⏎").replace("\t", "⇥").replace("\r", "")
+
+
+@dataclass
+class GenerationAttribution:
+    """Every generated token attributed to every earlier token.
+
+    ``source_tokens`` are the prompt's tokens then the continuation's, as text pieces (``source_ids`` their ids); the
+    generated tokens are ``source_tokens[prompt_length:]``. ``scores[t, i]`` (G x T) is the score of source position
+    i for generated token t; NaN where i is not before t. ``target_logits[t]`` and ``target_probs[t]`` are the
+    model's own logit and probability of generated token t at the position before it.
+    """
+
+    source_tokens: list[str]
+    source_ids: list[int]
+    prompt_length: int
+    scores: np.ndarray
+    target_logits: np.ndarray
+    target_probs: np.ndarray
+    method: str
+    layer: int | None = None
+    prompt: str = ""
+    generated_text: str = ""
+    special_tokens_mask: list[int] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.scores = np.asarray(self.scores, dtype=np.float64)
+        self.target_logits = np.asarray(self.target_logits, dtype=np.float64)
+        self.target_probs = np.asarray(self.target_probs, dtype=np.float64)
+        if not self.special_tokens_mask:
+            self.special_tokens_mask = [0] * len(self.source_tokens)
+        T, G = len(self.source_tokens), len(self.source_tokens) - self.prompt_length
+        if not (len(self.source_ids) == len(self.special_tokens_mask) == T and 1 <= self.prompt_length < T):
+            raise ValueError("source_tokens, source_ids and special_tokens_mask must have one entry per token, after "
+                             "a prompt of at least one token and at least one generated token.")
+        if self.scores.shape != (G, T) or self.target_logits.shape != (G,) or self.target_probs.shape != (G,):
+            raise ValueError(f"scores must be (generated, source) = ({G}, {T}) and target_logits/probs ({G},); got "
+                             f"{self.scores.shape}, {self.target_logits.shape}, {self.target_probs.shape}.")
+
+    # --- views ---------------------------------------------------------------------------------------------------
+    @property
+    def generated_tokens(self) -> list[str]:
+        return self.source_tokens[self.prompt_length:]
+
+    @property
+    def generated_ids(self) -> list[int]:
+        return self.source_ids[self.prompt_length:]
+
+    @property
+    def prompt_tokens(self) -> list[str]:
+        return self.source_tokens[: self.prompt_length]
+
+    @property
+    def signed(self) -> bool:
+        method = GENERATION_METHODS.get(self.method)
+        return method.signed if method else bool(np.nanmin(self.scores) < 0)
+
+    def __len__(self) -> int:
+        return len(self.generated_tokens)
+
+    def _step(self, step: int) -> int:
+        G = len(self)
+        if not -G <= step < G:
+            raise IndexError(f"step {step} is out of range for {G} generated tokens.")
+        return step % G
+
+    def top(self, step: int, k: int = 5, *, include_special: bool = False) -> list[tuple[int, str, float]]:
+        """The ``k`` highest-scoring source positions for generated token ``step``: (position, token, score)."""
+        row = self.scores[self._step(step)]
+        ok = np.isfinite(row) & (include_special | ~np.asarray(self.special_tokens_mask, dtype=bool))
+        positions = np.flatnonzero(ok)
+        order = positions[np.argsort(-row[positions], kind="stable")][:k]
+        return [(int(i), self.source_tokens[i], float(row[i])) for i in order]
+
+    def to_dataframe(self, *, wide: bool = False) -> pd.DataFrame:
+        """Long format (one row per generated token and earlier source token), or ``wide``: generated x source."""
+        if wide:
+            return pd.DataFrame(self.scores, index=[f"{t}:{tok}" for t, tok in enumerate(self.generated_tokens)],
+                                columns=[f"{i}:{tok}" for i, tok in enumerate(self.source_tokens)])
+        G = len(self)
+        steps, sources = np.nonzero(np.isfinite(self.scores))
+        return pd.DataFrame({
+            "step": steps,
+            "generated_position": steps + self.prompt_length,
+            "generated_token": [self.generated_tokens[t] for t in steps],
+            "source_position": sources,
+            "source_token": [self.source_tokens[i] for i in sources],
+            "in_prompt": sources < self.prompt_length,
+            "special": np.asarray(self.special_tokens_mask, dtype=bool)[sources],
+            "score": self.scores[steps, sources],
+            "target_logit": self.target_logits[steps],
+            "target_prob": self.target_probs[steps],
+        }, index=pd.RangeIndex(len(steps))) if G else pd.DataFrame()
+
+    def _heading(self) -> str:
+        parts = [f"method={self.method}"]
+        if self.layer is not None:
+            parts.append(f"layer={self.layer}")
+        for key in ("model_type", "dtype"):
+            if key in self.meta:
+                parts.append(f"{key}={self.meta[key]}")
+        return ", ".join(parts)
+
+    def __str__(self) -> str:
+        width = min(max((len(repr(t)) for t in self.generated_tokens), default=5), 16)
+        lines = [
+            f"GenerationAttribution({self._heading()})",
+            f"prompt ({self.prompt_length} tokens): {self.prompt!r}",
+            f"generated ({len(self)} tokens): {self.generated_text!r}",
+            f"{'step':>4}  {'token':<{width}}  {'prob':>6}  {'logit':>8}  top sources",
+        ]
+        for t, token in enumerate(self.generated_tokens):
+            top = ", ".join(f"{tok!r} ({score:+.3g})" for _, tok, score in self.top(t, 3))
+            lines.append(f"{t:>4}  {repr(token)[:width]:<{width}}  {self.target_probs[t]:6.3f}  "
+                         f"{self.target_logits[t]:8.3f}  {top}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"GenerationAttribution(method={self.method!r}, prompt_tokens={self.prompt_length}, "
+                f"generated={self.generated_text!r})")
+
+    # --- HTML ----------------------------------------------------------------------------------------------------
+    def _colour(self, value: float) -> tuple[str, str]:
+        """Background and text colour for a score scaled to [-1, 1]."""
+        if not np.isfinite(value):
+            return "#f2f2f2", "#999"
+        strength = min(abs(float(value)), 1.0)
+        if value >= 0:
+            rgb = "214, 39, 40" if self.signed else "31, 119, 180"
+        else:
+            rgb = "31, 119, 180"
+        return f"rgba({rgb}, {strength:.3f})", "white" if strength > 0.6 else "black"
+
+    def _row_scaled(self, step: int) -> np.ndarray:
+        row = self.scores[step]
+        content = row[np.isfinite(row) & ~np.asarray(self.special_tokens_mask, dtype=bool)]
+        if content.size == 0:
+            content = row[np.isfinite(row)]
+        scale = float(np.max(np.abs(content))) if content.size else 0.0
+        return row / scale if scale > 0 else np.where(np.isfinite(row), 0.0, np.nan)
+
+    def _step_view(self, step: int) -> str:
+        """The text up to generated token ``step``, each token coloured by its score for it; the token outlined."""
+        scaled = self._row_scaled(step)
+        position = self.prompt_length + step
+        spans = []
+        for i in range(position + 1):
+            token = self.source_tokens[i]
+            if i == position:
+                style = "outline:2px solid #222;background:#ffe97a;color:black"
+                title = f"generated token {step}: p={self.target_probs[step]:.3g}, logit={self.target_logits[step]:.4g}"
+            else:
+                background, colour = self._colour(scaled[i])
+                style = f"background:{background};color:{colour}"
+                title = f"{i}: {self.scores[step, i]:.4g}"
+            if self.special_tokens_mask[i]:
+                style += ";font-style:italic;opacity:0.75"
+            if i == self.prompt_length and i != position:
+                style += ";border-left:2px solid #888"
+            spans.append(f'<span class="nxg-tok" title="{html.escape(title)}" style="{style}">'
+                         f"{html.escape(_display(token))}</span>")
+            if "\n" in token:
+                spans.append("<br>")
+        return "".join(spans)
+
+    def to_html(self, step: int | None = 0) -> str:
+        """A per-step view (the text coloured for each generated token; ``step`` is shown open) and a heatmap matrix.
+
+        Colours are scaled per generated token (row), since logit scales differ between steps. Pure HTML and CSS:
+        it renders in notebooks, in the built book and in a saved file; tokens wrap on narrow screens and the
+        matrix scrolls sideways.
+        """
+        open_step = None if step is None else self._step(step)
+        legend = ("red = raises the generated token's score, blue = lowers it" if self.signed
+                  else "darker = higher score")
+        steps = []
+        for t, token in enumerate(self.generated_tokens):
+            summary = (f"step {t}: {html.escape(repr(token))} &nbsp;p={self.target_probs[t]:.3f}, "
+                       f"logit={self.target_logits[t]:.3f}")
+            opened = " open" if t == open_step else ""
+            steps.append(f'<details{opened}><summary style="cursor:pointer">{summary}</summary>'
+                         f'<div class="nxg-text">{self._step_view(t)}</div></details>')
+        header = "".join(
+            f'<th title="{i}: {html.escape(tok)}" class="nxg-col{" nxg-gen" if i >= self.prompt_length else ""}">'
+            f"<div>{html.escape(_display(tok))}</div></th>" for i, tok in enumerate(self.source_tokens))
+        body = []
+        for t, token in enumerate(self.generated_tokens):
+            scaled = self._row_scaled(t)
+            cells = []
+            for i in range(len(self.source_tokens)):
+                background, _ = self._colour(scaled[i])
+                value = self.scores[t, i]
+                title = f"{html.escape(repr(token))} ← {html.escape(repr(self.source_tokens[i]))}: " + (
+                    f"{value:.4g}" if np.isfinite(value) else "not before")
+                cells.append(f'<td title="{title}" style="background:{background}"></td>')
+            body.append(f'<tr><th class="nxg-row">{t}: {html.escape(_display(token))}</th>{"".join(cells)}</tr>')
+        style = (
+            "<style>.nxg{font-family:sans-serif;max-width:100%}.nxg-text{line-height:2em;overflow-wrap:anywhere;"
+            "margin:0.3em 0 0.6em}.nxg-tok{white-space:pre;display:inline-block;max-width:100%;overflow:hidden;"
+            "padding:0 2px;margin:1px;border-radius:3px;font-family:monospace;line-height:1.6em}.nxg-matrix{overflow-x:auto;max-width:100%}.nxg table{border-collapse:collapse;"
+            "font-size:0.75em}.nxg td{min-width:1.1em;height:1.1em;padding:0;border:1px solid #fff}"
+            ".nxg-col{vertical-align:bottom;padding:0 1px}.nxg-col div{writing-mode:vertical-rl;transform:rotate(180deg);"
+            "white-space:pre;font-family:monospace;font-weight:normal;max-height:10em;overflow:hidden;padding:2px 0}"
+            ".nxg-gen div{color:#a00}.nxg-row{text-align:right;white-space:pre;font-family:monospace;"
+            "font-weight:normal;padding-right:4px}</style>"
+        )
+        return (
+            f'<div class="nxg">{style}<div style="font-size:0.85em;color:#555">{html.escape(self._heading())} '
+            f"({legend}; scaled per generated token)</div>"
+            f"<div><b>Prompt</b> ({self.prompt_length} tokens) <b>→ generated</b>: "
+            f"{html.escape(self.generated_text)}</div>"
+            f"<h4 style='margin:0.6em 0 0.2em'>Per generated token</h4>{''.join(steps)}"
+            f"<h4 style='margin:0.6em 0 0.2em'>All steps (rows: generated tokens, columns: source tokens)</h4>"
+            f'<div class="nxg-matrix"><table><tr><th></th>{header}</tr>{"".join(body)}</table></div></div>'
+        )
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+    # --- serialisation -------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A strict-JSON-ready dict (NaN becomes ``None``)."""
+        return {
+            "format": "normxlogit.GenerationAttribution/1",
+            "method": self.method, "layer": self.layer, "prompt": self.prompt, "generated_text": self.generated_text,
+            "prompt_length": self.prompt_length, "source_tokens": list(self.source_tokens),
+            "source_ids": [int(i) for i in self.source_ids], "special_tokens_mask": [int(m) for m in self.special_tokens_mask],
+            "scores": _json_floats(self.scores), "target_logits": _json_floats(self.target_logits),
+            "target_probs": _json_floats(self.target_probs), "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GenerationAttribution":
+        data = {k: v for k, v in data.items() if k != "format"}
+        for key in ("scores", "target_logits", "target_probs"):
+            data[key] = np.array(data[key], dtype=np.float64)  # None -> NaN
+        return cls(**data)
+
+    def to_json(self, indent: int | None = None) -> str:
+        """Strict JSON (no NaN literals)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, ensure_ascii=False)
+
+    def save(self, path: str | Path) -> None:
+        """Write as strict JSON."""
+        Path(path).write_text(self.to_json(), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "GenerationAttribution":
+        """Read a file written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
