@@ -32,9 +32,6 @@ def _pooler_seq(m: nn.Module, h: Tensor) -> Tensor:
     return m.classifier(m.dropout(_as_first_token(m.base_model.pooler)(h)))
 
 
-_bert_seq = _pooler_seq
-
-
 def _albert_seq(m: nn.Module, h: Tensor) -> Tensor:
     base = m.albert
     return m.classifier(m.dropout(base.pooler_activation(base.pooler(h))))
@@ -171,7 +168,8 @@ _LLAMA_LIKE = _decoder("model.norm")  # Llama and every family built like it: ``
 
 _ENCODER_DECODER = (
     "it is an encoder-decoder model. Its sequence head (classification_head) reads the *decoder's* final state at "
-    "the last </s> of the decoder input, which is the text shifted right by one token, and the model returns "
+    "the position of the input's last </s>, and the decoder runs on the text shifted right by one token; the model "
+    "returns "
     "encoder_hidden_states and decoder_hidden_states instead of one hidden_states stack; no per-token read of "
     "the input tokens' vectors reproduces that output, so LogAt's invariant cannot hold."
 )
@@ -194,6 +192,10 @@ HEADS: dict[str, HeadSpec] = {
     "distilbert": _encoder(_distilbert_seq, _distilbert_mlm),
     # ModernBERT is pre-LN: its final_norm is applied by the readers (hidden_states[-1] is taken before it).
     "modernbert": _encoder(_modernbert_seq, _modernbert_mlm),
+    # ESM is pre-LN: hidden_states[-1] has gone through encoder.emb_layer_norm_after, intermediate layers need it.
+    "esm": HeadSpec(sequence=_first_token_classifier, masked_lm=_roberta_mlm, causal_lm=None, pooling="first",
+                    decoder=True, final_norm=("esm.encoder.emb_layer_norm_after",),
+                    output_layer="classifier.out_proj"),
     # --- decoders: ``score`` on every position, pooled at the last non-pad token; ``lm_head`` on every position ---
     "gpt2": _decoder("transformer.ln_f"),
     "gpt_bigcode": _decoder("transformer.ln_f"),  # StarCoder (1), SantaCoder
@@ -218,14 +220,29 @@ HEADS: dict[str, HeadSpec] = {
     "gemma2": _LLAMA_LIKE,  # final_logit_softcapping: applied by normxlogit.core.heads from the config
     "gemma3_text": _LLAMA_LIKE,  # Gemma 3 1B and the text model of the larger ones (softcapping as Gemma 2)
     # Gemma 3 multimodal (Gemma3ForConditionalGeneration, Gemma3ForSequenceClassification) on text-only input: the
-    # language model sits one level deeper; its config (final_logit_softcapping, pad_token_id) is text_config.
+    # language model sits one level deeper, and num_hidden_layers / pad_token_id live in config.text_config (the
+    # classifier pools with text_config.pad_token_id). In transformers 4.57 Gemma3ForConditionalGeneration applies
+    # no final_logit_softcapping (only Gemma3ForCausalLM does), so nothing may be applied after its lm_head.
     "gemma3": _decoder("model.language_model.norm"),
+    "qwen2_moe": _LLAMA_LIKE,
+    "qwen3_moe": _LLAMA_LIKE,
+    "phimoe": _LLAMA_LIKE,
+    "deepseek_v3": _LLAMA_LIKE,
+    "glm": _LLAMA_LIKE,
+    "glm4": _LLAMA_LIKE,
+    "helium": _LLAMA_LIKE,
+    "smollm3": _LLAMA_LIKE,
+    "ministral": _LLAMA_LIKE,
+    "nemotron": _LLAMA_LIKE,  # a LayerNorm1P named ``norm``
     "phi": _decoder("model.final_layernorm"),
     "phi3": _LLAMA_LIKE,
     "stablelm": _LLAMA_LIKE,  # a LayerNorm named ``norm``
     "starcoder2": _LLAMA_LIKE,  # a LayerNorm named ``norm``
     "olmo": _decoder("model.norm", sequence=None),  # no OlmoForSequenceClassification in transformers
     "olmo2": _decoder("model.norm", sequence=None),
+    "olmo3": _decoder("model.norm", sequence=None),
+    "olmoe": _decoder("model.norm", sequence=None),
+    "granitemoe": _decoder("model.norm", sequence=None),  # logits_scaling, as Granite
     "cohere": _decoder("model.norm", sequence=None),  # logit_scale: applied by normxlogit.core.heads
     "granite": _decoder("model.norm", sequence=None),  # logits_scaling: applied by normxlogit.core.heads
     # --- families that cannot be supported ---------------------------------------------------------------------
