@@ -73,11 +73,8 @@ def is_decoder_family(family: str) -> bool:
 
 
 #: (family, task) -> a failure that lies outside the table (normxlogit.core.explain / heads), reported upstream.
-KNOWN_GAPS = {
-    ("gemma3", task): "explain.num_layers_of reads config.num_hidden_layers / n_layer, which a multimodal "
-                      "Gemma3Config keeps in text_config (AttributeError before any read)"
-    for task in TASKS
-}
+#: (family, task) cases that fail today, with the reason (none: keep it that way)
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 
 
 def _cases(with_marks: bool = True, decoders_only: bool = False):
@@ -349,7 +346,7 @@ def test_intermediate_layer_is_the_models_own_head_on_that_layer(build, family, 
         head = model.score if task != "causal-lm" else model.get_output_embeddings()
         with torch.no_grad():
             logits = head(normed)
-            cfg = model.config.get_text_config()
+            cfg = model.config  # what the model's forward reads (multimodal Gemma 3 applies no soft-capping)
             if task == "causal-lm":
                 logits = logits * getattr(model, "logit_scale", 1.0) / getattr(cfg, "logits_scaling", 1.0)
                 if getattr(cfg, "final_logit_softcapping", None):
@@ -381,18 +378,13 @@ def nx_hidden(model, tok, text):
         return model(**encode(model, tok, text), output_hidden_states=True).hidden_states[-1]
 
 
-_ID_LOGITS_GAP = pytest.mark.xfail(raises=IndexError, reason=(
-    "heads.id_logits (used by the self-check and LogAt of LMs) takes get_output_embeddings() for the vocabulary "
-    "projection; non-legacy DeBERTa returns lm_predictions.lm_head.dense (hidden -> hidden) and multiplies by the "
-    "word embeddings itself, so token ids index a (hidden, hidden) weight"))
-
 
 # --- configurations within a family -----------------------------------------------------------------------------
 @pytest.mark.parametrize("family,task,variant", [
     # legacy=False: the head multiplies by the word embeddings itself (transformers ties its ``dense`` to the
     # word embeddings when tie_word_embeddings=True, which breaks the model's own forward, so untie)
-    pytest.param("deberta", "masked-lm", {"legacy": False, "tie_word_embeddings": False}, marks=_ID_LOGITS_GAP),
-    pytest.param("deberta-v2", "masked-lm", {"legacy": False, "tie_word_embeddings": False}, marks=_ID_LOGITS_GAP),
+    pytest.param("deberta", "masked-lm", {"legacy": False, "tie_word_embeddings": False}),
+    pytest.param("deberta-v2", "masked-lm", {"legacy": False, "tie_word_embeddings": False}),
     ("mobilebert", "classification", {"classifier_activation": False}),
     ("opt", "causal-lm", {"do_layer_norm_before": False, "word_embed_proj_dim": 32}),
     ("opt", "classification", {"do_layer_norm_before": False, "word_embed_proj_dim": 32}),

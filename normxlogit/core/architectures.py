@@ -16,6 +16,10 @@ from typing import Callable, Literal
 
 from torch import Tensor, nn
 
+class UnsupportedModelError(ValueError):
+    """The prediction head of this model cannot be found; the message says how to pass one."""
+
+
 # A head reader maps hidden states (N, H) to logits (N, C), for a model ``m``.
 Reader = Callable[[nn.Module, Tensor], Tensor]
 
@@ -58,8 +62,6 @@ def _modernbert_seq(m: nn.Module, h: Tensor) -> Tensor:
     # reader applies final_norm itself; for an intermediate layer that is the logit lens. Then the prediction head
     # (dense, activation, LayerNorm), dropout and the classifier, on position 0 ("cls" pooling).
     if getattr(m.config, "classifier_pooling", "cls") != "cls":
-        from .heads import UnsupportedModelError
-
         raise UnsupportedModelError(
             f"This ModernBERT classifier pools with classifier_pooling={m.config.classifier_pooling!r}: the head reads "
             "the attention-masked mean of all final hidden states, and because the head (dense, activation, "

@@ -37,8 +37,9 @@ def resolve_layer(layer: int, num_layers: int) -> int:
 
 
 def num_layers_of(model: PreTrainedModel) -> int:
-    """The number of transformer layers of ``model`` (from its config)."""
-    return getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer")
+    """The number of transformer layers of ``model`` (from its config; a multimodal config's text part)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
 
 
 # --- the forward pass shared by all methods ----------------------------------------------------------------------

@@ -18,17 +18,13 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from ..models import Task, check_task, detect_task
-from .architectures import HEADS, HeadSpec, Reader, list_architectures
+from .architectures import HEADS, HeadSpec, Reader, UnsupportedModelError, list_architectures
 
 Pooling = Literal["first", "last", "every"]
 
 __all__ = ["HEADS", "Head", "HeadMismatchError", "HeadSpec", "UnsupportedModelError", "check_head",
            "encoder_layers", "head_spec", "id_logits", "list_architectures", "output_layer", "pooled_positions",
            "position_offset", "resolve_head"]
-
-
-class UnsupportedModelError(ValueError):
-    """The prediction head of this model cannot be found; the message says how to pass one."""
 
 
 class HeadMismatchError(UnsupportedModelError):
@@ -97,11 +93,18 @@ def final_norm_modules(model: PreTrainedModel, spec: HeadSpec | None) -> list[nn
     if spec is not None and spec.final_norm is not None:
         modules = []
         for path in spec.final_norm:
+            owner_path, _, name = path.rpartition(".")
             try:
-                module = model.get_submodule(path)
+                owner = model.get_submodule(owner_path) if owner_path else model
             except AttributeError:
-                continue
-            if isinstance(module, nn.Module):
+                owner = None
+            if owner is None or not hasattr(owner, name):
+                raise UnsupportedModelError(
+                    f"The head table says {type(model).__name__}'s final norm is at {path!r}, but the model has no "
+                    "such module; fix the entry's final_norm in normxlogit.core.architectures.HEADS."
+                )
+            module = getattr(owner, name)
+            if isinstance(module, nn.Module):  # None: this variant has no such step (post-LN OPT's project_out)
                 modules.append(module)
         return modules
     for owner in (model.base_model, getattr(model.base_model, "decoder", None)):
@@ -210,9 +213,9 @@ def resolve_head(
     task = check_task(model, task) if task is not None else detect_task(model)
     model_type = getattr(model.config, "model_type", "")
     spec = HEADS.get(model_type)
-    if spec is not None and spec.unsupported:
+    if spec is not None and spec.unsupported and head is None:
         raise UnsupportedModelError(f"{type(model).__name__} (model_type={model_type!r}) is not supported: "
-                                    f"{spec.unsupported}")
+                                    f"{spec.unsupported} Pass head= (and pooling=) if you know how to read it.")
     if pooling is not None and not (pooling in ("first", "last") or (isinstance(pooling, int)
                                                                       and not isinstance(pooling, bool))):
         raise ValueError(f"pooling must be 'first', 'last' or a position (an int), not {pooling!r}.")
@@ -314,7 +317,11 @@ def id_logits(head: Head, states: Tensor, ids: Tensor, *, intermediate: bool = T
     decoder = head.model.get_output_embeddings() if hasattr(head.model, "get_output_embeddings") else None
     box: dict[str, Tensor] = {}
     full = None
-    if isinstance(decoder, nn.Linear) and head.task in ("masked-lm", "causal-lm") and head.source != "user":
+    vocabulary = {getattr(head.model.config, "vocab_size", None)}
+    if hasattr(head.model.config, "get_text_config"):
+        vocabulary.add(getattr(head.model.config.get_text_config(), "vocab_size", None))
+    if (isinstance(decoder, nn.Linear) and head.task in ("masked-lm", "causal-lm") and head.source != "user"
+            and decoder.out_features in vocabulary):  # e.g. DeBERTa's non-legacy head ends elsewhere
         def grab(module, args):
             box["x"] = args[0]
             raise _Captured
