@@ -169,10 +169,9 @@ _ENCODER_FIRST = _encoder(_first_token_classifier, _roberta_mlm, _roberta_mlm, o
 _LLAMA_LIKE = _decoder("model.norm")  # Llama and every family built like it: ``model.norm``, ``lm_head``, ``score``
 
 _ENCODER_DECODER = (
-    "it is an encoder-decoder model. Its sequence head (classification_head) reads the *decoder's* final state at "
+    "an encoder-decoder model. Its sequence head (classification_head) reads the *decoder's* final state at "
     "the position of the input's last </s>, and the decoder runs on the text shifted right by one token; the model "
-    "returns "
-    "encoder_hidden_states and decoder_hidden_states instead of one hidden_states stack; no per-token read of "
+    "returns encoder_hidden_states and decoder_hidden_states instead of one hidden_states stack; no per-token read of "
     "the input tokens' vectors reproduces that output, so LogAt's invariant cannot hold."
 )
 
@@ -254,10 +253,10 @@ HEADS: dict[str, HeadSpec] = {
         "(FunnelBaseModel) reads position 0 of the shortened sequence, and the masked-LM decoder rebuilds token "
         "vectors by repeating the pooled ones and adding the first block's states, so neither head reads one "
         "token's own final vector and hidden_states of different layers have different lengths.")),
-    "bart": HeadSpec(unsupported="BART " + _ENCODER_DECODER),
-    "mbart": HeadSpec(unsupported="mBART " + _ENCODER_DECODER),
-    "t5": HeadSpec(unsupported="T5 " + _ENCODER_DECODER),
-    "mt5": HeadSpec(unsupported="mT5 " + _ENCODER_DECODER),
+    "bart": HeadSpec(unsupported="BART is " + _ENCODER_DECODER),
+    "mbart": HeadSpec(unsupported="mBART is " + _ENCODER_DECODER),
+    "t5": HeadSpec(unsupported="T5 is " + _ENCODER_DECODER),
+    "mt5": HeadSpec(unsupported="mT5 is " + _ENCODER_DECODER),
 }
 
 
