@@ -5,21 +5,28 @@ Tokens are ranked by attribution score (largest first). At ratio ``k``, **compre
 ``"clean"`` (special tokens never ranked or replaced; ``n`` = non-special tokens; a rounding-safe floor) and
 ``"paper"`` (the authors': only the first token excluded; ``n`` counts every token; ``int(k * n)``). Replacements:
 ``"mask"``, ``"pad"``, ``"unk"``, ``"attention"`` (drop from the attention mask) and ``"delete"``; ids are perturbed
-directly, never round-tripped through text.
+directly, never round-tripped through text. ``replacement=None`` means :func:`default_replacement`: the mask token for
+encoders, :data:`DECODER_REPLACEMENT` for decoders (which have none; chosen by measurement, see
+:mod:`normxlogit.evaluation.faithfulness`). For causal LMs, :func:`label_word_ids` turns label words into the token
+ids whose probability at the last position is the prediction's confidence. :func:`classifier_outputs` and
+:func:`causal_lm_outputs` run the perturbed inputs in length-sorted batches.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, Union
 
 import numpy as np
 import pandas as pd
-from transformers import PreTrainedTokenizerBase
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..core.attribution import Attribution
-from ..core.inputs import replacement_token_id
+from ..core.inputs import eval_mode, model_device, model_inputs, padded_batches, replacement_token_id
 
 PROTOCOLS = ("clean", "paper")
 REPLACEMENTS = ("mask", "pad", "unk", "attention", "delete")
@@ -29,6 +36,39 @@ DEFAULT_RATIOS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8
 
 Protocol = Literal["clean", "paper"]
 Replacement = Literal["mask", "pad", "unk", "attention", "delete"]
+LabelWords = Sequence[Union[str, int]]
+#: ``replacement=None`` for encoders: the mask token (the paper's choice; their pretraining saw it in place of words).
+ENCODER_REPLACEMENT: Replacement = "mask"
+#: ``replacement=None`` for decoders (causal LMs and decoder classifiers, which have no mask token): removing the
+#: tokens. Chosen by measurement (the numbers are in :mod:`normxlogit.evaluation.faithfulness`).
+DECODER_REPLACEMENT: Replacement = "delete"
+
+
+def default_replacement(decoder: bool) -> Replacement:
+    """What ``replacement=None`` means: :data:`DECODER_REPLACEMENT` for a decoder, else :data:`ENCODER_REPLACEMENT`."""
+    return DECODER_REPLACEMENT if decoder else ENCODER_REPLACEMENT
+
+
+def label_word_ids(tokenizer: PreTrainedTokenizerBase, label_words: LabelWords, vocab_size: int) -> list[int]:
+    """The token id of each label word (a string that is one token without special tokens, or a token id)."""
+    if isinstance(label_words, (str, bytes)) or len(label_words) < 2:
+        raise ValueError(f"label_words must be a list of at least two words or token ids, not {label_words!r}.")
+    ids = []
+    for word in label_words:
+        if isinstance(word, str):
+            pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
+            if len(pieces) != 1:
+                raise ValueError(f"The label word {word!r} is {len(pieces)} tokens for this tokenizer; pass words of "
+                                 "one token (mind the leading space a word after another has: ' positive') or "
+                                 "token ids.")
+            ids.append(int(pieces[0]))
+        elif isinstance(word, (int, np.integer)) and not isinstance(word, bool) and 0 <= int(word) < vocab_size:
+            ids.append(int(word))
+        else:
+            raise ValueError(f"label word {word!r} is neither a string nor a token id in 0..{vocab_size - 1}.")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"label_words {list(label_words)!r} repeat a token (ids {ids}).")
+    return ids
 
 
 def ranked_positions(attribution: Attribution, protocol: Protocol = "clean") -> tuple[np.ndarray, int]:
@@ -116,3 +156,60 @@ def perturbation_table(attribution: Attribution, tokenizer: PreTrainedTokenizerB
     return pd.DataFrame(records)
 
 
+# --- the model's outputs on them ------------------------------------------------------------------------------
+def classifier_outputs(model: PreTrainedModel, pads: dict[str, int], inputs: list[dict[str, np.ndarray]],
+                       batch_tokens: int, progress: bool | None) -> np.ndarray:
+    """Logits (len(inputs), C) as float32, computed in length-sorted, right-padded batches of ``batch_tokens``."""
+    show = len(inputs) > 5000 if progress is None else progress
+    out: np.ndarray | None = None
+    with eval_mode(model), torch.inference_mode():
+        for idx, batch, _ in padded_batches(pads, inputs, model_device(model), batch_tokens=batch_tokens,
+                                            progress=show, desc="faithfulness"):
+            logits = model(**model_inputs(model, batch)).logits.float().cpu().numpy()
+            if out is None:
+                out = np.empty((len(inputs), logits.shape[-1]), dtype=np.float32)
+            out[idx] = logits
+    assert out is not None
+    return out
+
+
+def causal_lm_outputs(model: PreTrainedModel, pads: dict[str, int], inputs: list[dict[str, np.ndarray]],
+                      batch_tokens: int, columns: Sequence[int] | None,
+                      progress: bool | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A causal LM read at each input's last position: the logits of ``columns`` (len(inputs), K; K = 0 for None),
+    the log of the softmax's normaliser over the whole vocabulary, and the most probable token.
+
+    Batches are right-padded, so the last position is ``len(input_ids) - 1`` whatever the replacement; a pre-hook
+    hands the output embedding only that position, so the full-vocabulary logits are formed once per input.
+    """
+    show = len(inputs) > 5000 if progress is None else progress
+    cols = torch.as_tensor(list(columns or []), dtype=torch.long)
+    picked = np.empty((len(inputs), len(cols)), dtype=np.float32)
+    lse = np.empty(len(inputs), dtype=np.float64)
+    top = np.empty(len(inputs), dtype=np.int64)
+    decoder = model.get_output_embeddings()
+    cache = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+    with eval_mode(model), torch.inference_mode():
+        for idx, batch, _ in padded_batches(pads, inputs, model_device(model), batch_tokens=batch_tokens,
+                                            progress=show, desc="faithfulness"):
+            rows = torch.arange(len(idx))
+            last = torch.as_tensor([len(inputs[i]["input_ids"]) - 1 for i in idx])
+            shape = tuple(batch["input_ids"].shape)
+
+            def pick(module, args):
+                x = args[0]
+                if x.dim() == 3 and tuple(x.shape[:2]) == shape:
+                    return (x[rows.to(x.device), last.to(x.device)].unsqueeze(1),) + tuple(args[1:])
+                return None
+
+            handle = decoder.register_forward_pre_hook(pick) if isinstance(decoder, nn.Linear) else None
+            try:
+                logits = model(**model_inputs(model, batch), **cache).logits
+            finally:
+                if handle is not None:
+                    handle.remove()
+            logits = (logits[:, 0] if logits.shape[1] == 1 else logits[rows, last.to(logits.device)]).float()
+            lse[idx] = torch.logsumexp(logits, -1).double().cpu().numpy()
+            top[idx] = logits.argmax(-1).cpu().numpy()
+            picked[idx] = logits[:, cols.to(logits.device)].cpu().numpy()
+    return picked, lse, top
