@@ -205,8 +205,8 @@ def test_decoders_need_another_replacement(make_tiny):
     tok = tf.AutoTokenizer.from_pretrained(nx.default_model_path())
     tok.mask_token = None
     with pytest.raises(ValueError, match="no mask token.*'delete'"):
-        nx.evaluate(model, tok, TEXTS, "normxlogit")
-    r = nx.evaluate(model, tok, TEXTS, "normxlogit", replacement="delete")
+        nx.evaluate(model, tok, TEXTS, "normxlogit", replacement="mask")
+    r = nx.evaluate(model, tok, TEXTS, "normxlogit")  # decoders default to deleting tokens
     assert r.replacement == "delete" and np.isfinite(r.curves.values).all()
 
 

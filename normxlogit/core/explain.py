@@ -8,6 +8,7 @@ registered method over them; :func:`explain` is validation + :func:`~normxlogit.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import operator
 import warnings
 from collections.abc import Iterator, Sequence
@@ -201,8 +202,9 @@ def _forward_at(model: PreTrainedModel, head: Head, inputs: dict[str, Tensor], p
         return None
 
     handle = decoder.register_forward_pre_hook(pick) if isinstance(decoder, nn.Linear) else None
+    extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
     try:
-        out = model(**inputs, output_hidden_states=True)
+        out = model(**inputs, output_hidden_states=True, **extra)  # no KV cache: nothing is generated
     finally:
         if handle is not None:
             handle.remove()

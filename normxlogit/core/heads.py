@@ -321,7 +321,8 @@ def id_logits(head: Head, states: Tensor, ids: Tensor, *, intermediate: bool = T
     if hasattr(head.model.config, "get_text_config"):
         vocabulary.add(getattr(head.model.config.get_text_config(), "vocab_size", None))
     if (isinstance(decoder, nn.Linear) and head.task in ("masked-lm", "causal-lm") and head.source != "user"
-            and decoder.out_features in vocabulary):  # e.g. DeBERTa's non-legacy head ends elsewhere
+            and decoder.out_features in vocabulary  # e.g. DeBERTa's non-legacy head ends elsewhere
+            and decoder.weight.device.type != "meta"):  # offloaded weights: the full head knows how to load them
         def grab(module, args):
             box["x"] = args[0]
             raise _Captured
@@ -337,7 +338,7 @@ def id_logits(head: Head, states: Tensor, ids: Tensor, *, intermediate: bool = T
         full = head(states, intermediate=intermediate) if full is None else full
         index = ids.view(*([1] * (len(lead) - 2)), ids.shape[0], 1, ids.shape[1]).expand(*lead, ids.shape[1])
         return full.gather(-1, index.to(full.device)).float()
-    features = box["x"].reshape(*lead, -1)
+    features = box["x"].reshape(*lead, -1).to(decoder.weight.device)  # device_map: the head may sit elsewhere
     rows = ids.to(decoder.weight.device)
     logits = torch.einsum("...bth,bkh->...btk", features, decoder.weight[rows])
     if decoder.bias is not None:
