@@ -25,13 +25,10 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from child import run_child
 PROMPT = "Every night, the old lighthouse keeper climbed the long stairs to light the great lamp, because"  # 18 tokens
 CASES = ("normxlogit", "captum_lig", "captum_fa")
 
@@ -106,28 +103,6 @@ def child(args: argparse.Namespace) -> dict:
             "scores_shape": shape, "rss_after_load_mb": round(rss_loaded, 1), "threads": args.threads}
 
 
-def _run(argv: list[str], timeout: float) -> tuple[dict, float]:
-    """Run this script as a child; its JSON result and its own peak resident set (MB), from ``os.wait4``."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, __file__, *argv], stdout=out, stderr=err, text=True, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise TimeoutError(f"case {argv} ran past {timeout} s")
-            time.sleep(0.2)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if proc.returncode != 0:
-            raise RuntimeError(f"case {argv} failed ({proc.returncode}):\n{err.read()[-3000:]}")
-        lines = [line for line in out.read().splitlines() if line.startswith("{")]
-    return json.loads(lines[-1]), usage.ru_maxrss / 1024
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="SmolLM2-135M-Instruct")
@@ -146,13 +121,13 @@ def main() -> None:
 
     common = ["--model", args.model, "--new-tokens", str(args.new_tokens), "--threads", str(args.threads),
               "--repeats", str(args.repeats)]
-    prepared, _ = _run(common + ["--case", "prepare"], args.timeout)
+    prepared, _ = run_child(__file__, common + ["--case", "prepare"], args.timeout)
     print(f"prompt ({len(prepared['prompt_ids'])} tokens): {PROMPT!r}")
     print(f"continuation ({len(prepared['continuation_ids'])} tokens, greedy): {prepared['continuation']!r}")
     results = {}
     for case in args.cases:
-        result, peak = _run(common + ["--case", case, "--continuation-ids", json.dumps(prepared["continuation_ids"])],
-                            args.timeout)
+        continuation = json.dumps(prepared["continuation_ids"])
+        result, peak = run_child(__file__, common + ["--case", case, "--continuation-ids", continuation], args.timeout)
         result["peak_rss_mb"] = round(peak, 1)
         result["peak_growth_after_load_mb"] = round(peak - result["rss_after_load_mb"], 1)
         results[case] = result

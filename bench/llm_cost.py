@@ -25,13 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from child import run_child
 CASES = ("inference", "normxlogit")
 VOCAB = 128_000
 
@@ -98,32 +95,6 @@ def child(args: argparse.Namespace) -> dict:
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def _run(argv: list[str], timeout: float) -> tuple[dict, float]:
-    """Run this script as a child; its JSON result and its own peak resident set (MB), from ``os.wait4``."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        # A fixed mmap threshold: glibc otherwise raises it as large blocks are freed, after which tensors come
-        # from the heap and stay resident or not by chance (peak RSS then varied by 100 MB between identical runs).
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-        proc = subprocess.Popen([sys.executable, __file__, *argv], stdout=out, stderr=err, text=True, cwd=ROOT,
-                                env=env)
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise TimeoutError(f"case {argv} ran past {timeout} s")
-            time.sleep(0.2)
-        code = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if code != 0:
-            raise RuntimeError(f"case {argv} failed ({code}):\n{err.read()[-3000:]}")
-        lines = [line for line in out.read().splitlines() if line.startswith("{")]
-    return json.loads(lines[-1]), usage.ru_maxrss / 1024
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=2048)
@@ -140,7 +111,7 @@ def main() -> None:
     common = ["--tokens", str(args.tokens), "--threads", str(args.threads), "--repeats", str(args.repeats)]
     results = {}
     for case in CASES:
-        result, peak = _run(common + ["--case", case], args.timeout)
+        result, peak = run_child(__file__, common + ["--case", case], args.timeout, fixed_mmap=True)
         result["peak_rss_mb"] = round(peak, 1)
         result["peak_growth_mb"] = round(peak - result["rss_after_build_mb"], 1)
         results[case] = result
