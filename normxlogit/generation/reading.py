@@ -2,11 +2,11 @@
 
 :func:`gathered_logits` is the generation package's variant of :func:`normxlogit.core.heads.id_logits`. Both
 apply only the K wanted unembedding rows (never the full vocabulary) and the model's logit soft-capping / scaling
-(``Head.postprocess``); this one is kept because generation runs LLMs spread over devices (``device_map``), which
-``id_logits`` does not handle yet: here the output embedding itself is swapped for the K-row product for the
-duration of the call, so the head's input is moved to the device of the unembedding weights, and a head whose
-weights are offloaded (``meta``) falls back to the full head and a gather. It also takes one set of ids for all
-states (``(..., K)``, the G generated tokens for every position) where ``id_logits`` takes one set per row.
+(``Head.postprocess``), follow the unembedding's device and leave offloaded (``meta``) heads to the full path. This
+one takes one set of ids for all states (``(..., K)``, the G generated tokens for every position) where
+``id_logits`` takes one set per row, and it swaps the output embedding's forward for the call while keeping
+accelerate's device hook, so a head split over devices runs as the model runs it. Folding it into ``id_logits``
+(a shared-ids mode) is left to do.
 """
 
 from __future__ import annotations
