@@ -35,12 +35,11 @@ Row = Mapping[str, Any]
 # --- input checks ------------------------------------------------------------------------------------------------
 def normalise_texts(texts: Texts) -> tuple[list[TextInput], bool]:
     """A list of texts or (text, text) pairs, and whether a single input was given. Empty text is an error."""
-    if texts is None or isinstance(texts, (Mapping, bytes, set)) or not isinstance(texts, (str, Sequence)):
-        if not (hasattr(texts, "__iter__") and not isinstance(texts, (Mapping, bytes, set))):
-            raise TypeError(f"texts must be a string, a list of strings or a list of (text, text) pairs, not "
-                            f"{type(texts).__name__}" + (" (a dict's keys are not texts: pass list(d.values()) or "
-                                                         "the column you mean)" if isinstance(texts, Mapping) else "")
-                            + ".")
+    if isinstance(texts, (Mapping, bytes, set)) or not hasattr(texts, "__iter__"):  # None and numbers too
+        raise TypeError(f"texts must be a string, a list of strings or a list of (text, text) pairs, not "
+                        f"{type(texts).__name__}" + (" (a dict's keys are not texts: pass list(d.values()) or "
+                                                     "the column you mean)" if isinstance(texts, Mapping) else "")
+                        + ".")
     single = isinstance(texts, str) or (
         isinstance(texts, tuple) and len(texts) == 2 and all(isinstance(t, str) for t in texts)
     )

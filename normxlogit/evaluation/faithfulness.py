@@ -197,7 +197,8 @@ def evaluate(
         texts = [a.text for a in method_or_attributions]
         if any(t is None for t in texts):
             raise ValueError("These attributions carry no text; pass texts= explicitly.")
-    get_method(method_or_attributions) if isinstance(method_or_attributions, str) else None
+    if isinstance(method_or_attributions, str):
+        get_method(method_or_attributions)  # an unknown name fails before any work
     with warnings.catch_warnings():
         if not isinstance(method_or_attributions, str):
             warnings.simplefilter("ignore")  # the attributions' own explain call already warned about truncation
