@@ -9,7 +9,13 @@ registry, explain, attribution); ``methods``; ``evaluation``; ``data``; ``traini
 facade and the CLI. Importing it registers every method and recipe.
 """
 
-from . import methods, training  # noqa: F401  (registers the methods and the recipes)
+import warnings
+
+# In a notebook without ipywidgets, tqdm.auto (imported by transformers and by us) falls back to the text progress bar,
+# which is what the book wants, but first warns with a local path. Silence only that message.
+warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
+
+from . import methods, training  # noqa: E402,F401  (registers the methods and the recipes)
 from .core.attribution import Attribution, load_attributions, save_attributions
 from .core.explain import explain
 from .core.heads import HEADS, HeadSpec, UnsupportedModelError, list_architectures, resolve_head
