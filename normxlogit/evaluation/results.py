@@ -256,11 +256,13 @@ _MEASURE_LABELS = {
 
 
 def plot_faithfulness_curves(results: Sequence[FaithfulnessResult], *, measures: Sequence[str] | None = None,
-                             axes=None, title: str | None = None, palette: str = "tab10"):
+                             axes=None, title: str | None = None, palette: str = "tab10",
+                             labels: dict[str, str] | None = None):
     """Per-ratio curves of several methods: one row per measure, comprehensiveness left and sufficiency right.
 
     Each panel says which direction is better. ``measures`` picks a subset (``"cd"``, ``"accuracy"``, ``"pearson"``,
-    ``"abs_change"``). Returns the figure.
+    ``"abs_change"``); ``labels`` maps method names to the names shown in the legend. The default size fits a book
+    column (7.5 inches wide). Returns the figure.
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -275,7 +277,7 @@ def plot_faithfulness_curves(results: Sequence[FaithfulnessResult], *, measures:
     if unknown:
         raise ValueError(f"Unknown measure(s) {unknown}; these results have {all_measures}.")
     if axes is None:
-        fig, axes = plt.subplots(len(measures), 2, figsize=(10, 3.4 * len(measures)), squeeze=False)
+        fig, axes = plt.subplots(len(measures), 2, figsize=(7.5, 2.9 * len(measures) + 0.9), squeeze=False)
     else:
         axes = np.asarray(axes).reshape(len(measures), 2)
         fig = axes[0, 0].figure
@@ -286,18 +288,19 @@ def plot_faithfulness_curves(results: Sequence[FaithfulnessResult], *, measures:
             name = f"{kind}_{measure}"
             for result in results:
                 ax.plot(np.asarray(result.ratios) * 100, result.curve(name), marker="o", markersize=3,
-                        label=result.method, color=colours[result.method])
+                        label=(labels or {}).get(result.method, result.method), color=colours[result.method])
             better = "higher" if METRICS[name].higher_is_better else "lower"
             removed = "top tokens removed" if kind == "comprehensiveness" else "top tokens kept"
             ax.set_title(f"{kind.capitalize()} ({better} is better)", fontsize=10)
             ax.set_xlabel(f"% of ranked tokens ({removed})")
             ax.set_ylabel(_MEASURE_LABELS[measure])
             ax.grid(alpha=0.3)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), bbox_to_anchor=(0.5, 1.0),
-               frameon=False)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper center", ncol=min(len(names), 3), bbox_to_anchor=(0.5, 1.0),
+               frameon=False, fontsize=9)
     meta = results[0]
     heading = title or f"{meta.n_examples} examples, protocol={meta.protocol}, replacement={meta.replacement}"
-    fig.suptitle(heading, y=1.0 + 0.04 * (1 + (len(labels) - 1) // 4) / len(measures), fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.06 * (1 + (len(labels) - 1) // 4) / len(measures)))
+    rows = 1 + (len(names) - 1) // 3  # legend rows above the panels
+    fig.suptitle(heading, y=1.0 + 0.04 * rows / len(measures), fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.06 * rows / len(measures)))
     return fig
