@@ -159,3 +159,30 @@ def test_pretrain_small_mlm_is_reproducible(tokenizer, tmp_path):
     assert counts[tokenizer.convert_tokens_to_ids("film")] == 3
     by_counts = npre.norm_frequency_curve(a, tokenizer, counts=counts, n_boot=20)
     assert (by_counts.n == 17).all()  # the distinct whole words of the texts, "." excluded
+
+
+@pytest.mark.parametrize("shift", [0.0, -0.1])
+def test_word_class_gap_separates_class_from_frequency(shift):
+    # norms fall with frequency in the range where the function words sit, and the function words are the more
+    # frequent: a naive comparison finds a gap even without a class effect; the matches must not
+    rng = np.random.default_rng(1)
+    cz = rng.uniform(3.0, 7.0, 4000)
+    fz = rng.uniform(5.0, 7.0, 300)
+    curve = lambda z: 1.5 - 0.2 * np.abs(z - 4.5)  # noqa: E731 - rises, then falls
+    words = pd.DataFrame({
+        "zipf": np.r_[fz, cz],
+        "norm": np.r_[curve(fz) + shift, curve(cz)] + rng.normal(0, 0.05, len(fz) + len(cz)),
+        "word_class": ["function"] * len(fz) + ["content"] * len(cz),
+    })
+    naive = words[words.word_class == "function"].norm.mean() - words[words.word_class == "content"].norm.mean()
+    assert naive < shift - 0.05  # confounded by frequency
+    table = na.word_class_gap(words, n_boot=200, bin_width=0.25)
+    assert list(table.index) == ["bins", "nearest", "regression"]
+    assert (table.low <= table.gap).all() and (table.gap <= table.high).all()
+    for match in ("nearest", "regression"):
+        assert table.loc[match, "low"] <= shift <= table.loc[match, "high"], table
+        assert abs(table.loc[match, "gap"] - shift) < 0.02, table
+    assert abs(table.loc["nearest", "zipf_gap"]) < 0.01 and table.loc["regression", "zipf_gap"] == 0
+    assert (table.n_function == 300).all() and (table.n_content == 4000).all()
+    with pytest.raises(ValueError, match="content words"):
+        na.word_class_gap(words[words.word_class == "function"])

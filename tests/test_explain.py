@@ -132,6 +132,30 @@ def test_attribution_round_trip_and_rendering(tmp_path, minilm_classifier):
     assert a.top(1)[0][1] == max(a.scores[1:-1])
 
 
+def test_heatmap_colours_follow_the_sign_and_the_tokens_wrap():
+    def attribution(scores, method):
+        return nx.Attribution(tokens=["[CLS]", "good", "bad", "plain", "[SEP]"], input_ids=[101, 1, 2, 3, 102],
+                              scores=np.array(scores), special_tokens_mask=[1, 0, 0, 0, 1], target=1, prediction=1,
+                              method=method, meta={"task": "classification", "target_label": "positive"})
+
+    signed = attribution([9.0, 2.0, -1.0, 0.0, 9.0], "normxlogit")
+    page = signed.to_html()
+    red, blue = "rgba(214, 39, 40, 1.0)", "rgba(31, 119, 180, 0.5)"  # scaled by max |score| = 2 (not [CLS]'s 9)
+    assert signed.signed and red in page and blue in page and "rgba(214, 39, 40, 0.0)" in page
+    assert "red = score above 0, for the target (positive)" in page and "blue = below 0" in page
+    # wrapping: a flex row that wraps, inline-block tokens, no fixed widths
+    assert "flex-wrap:wrap" in page and "display:inline-block" in page and "white-space:normal" in page
+    assert "width:" not in page.replace("max-width:", "")
+    # all-positive scores of a signed method stay red (for the target), never the "against" hue
+    positive = attribution([1.0, 2.0, 1.0, 0.5, 1.0], "logat").to_html()
+    assert "rgba(31, 119, 180" not in positive.split("<br>")[1].split("</div>", 1)[1]
+    # unsigned methods and regression use one hue and say so
+    for unsigned in (attribution([1.0, 2.0, 1.0, 0.5, 1.0], "norm"),
+                     nx.Attribution(**{**signed.to_dict(), "meta": {"task": "regression"}})):
+        assert not unsigned.signed and "no sign" in unsigned.to_html() and "rgba(117, 107, 177" in unsigned.to_html()
+    assert signed.to_ansi().startswith("\x1b[48;2;214;39;40m")
+
+
 def test_list_methods_and_registry():
     assert {"normxlogit", "logat", "norm"} <= set(nx.list_methods())
     assert nx.get_method("normxlogit").signed and not nx.get_method("norm").signed

@@ -11,6 +11,11 @@ from typing import Any
 import numpy as np
 
 from ..settings import atomic_write_text
+from .registry import METHODS
+
+_POSITIVE = (214, 39, 40)  # red: a signed score above 0
+_NEGATIVE = (31, 119, 180)  # blue: a signed score below 0
+_UNSIGNED = (117, 107, 177)  # purple: a score without a sign (darker = higher)
 
 
 @dataclass
@@ -59,13 +64,32 @@ class Attribution:
         return [(self.tokens[i], float(self.scores[i])) for i in self.ranking()[:k]]
 
     # --- rendering --------------------------------------------------------------------------------------------
-    def _normalised(self) -> tuple[np.ndarray, bool]:
-        """Scores scaled to [-1, 1] (signed) or [0, 1] (all non-negative) over the non-special tokens."""
+    @property
+    def signed(self) -> bool:
+        """Whether the scores have a direction (positive = for the target, negative = against it).
+
+        True for a registered signed method (``normxlogit``, ``logat``, ...) on a classification or language-model
+        task; False for unsigned methods (``norm``, gradient norms, ...) and for regression, whose LogAt is a
+        distance. An unregistered method counts as signed when any of its scores is negative.
+        """
+        if self.meta.get("task") == "regression":
+            return False
+        method = METHODS.get(self.method)
+        return method.signed if method is not None else bool((self.scores[np.isfinite(self.scores)] < 0).any())
+
+    def _normalised(self) -> np.ndarray:
+        """Scores divided by the largest absolute score of the non-special tokens, in [-1, 1]; 0 stays 0."""
         content = self.scores[self.content_mask] if self.content_mask.any() else self.scores
-        signed = bool((content < 0).any())
+        content = content[np.isfinite(content)]
         scale = float(np.max(np.abs(content))) if content.size else 0.0
         values = self.scores / scale if scale > 0 else np.zeros_like(self.scores)
-        return np.clip(values, -1.0, 1.0), signed
+        return np.clip(np.nan_to_num(values), -1.0, 1.0)
+
+    def _rgb(self, value: float) -> tuple[int, int, int]:
+        """The hue of a scaled score: red above 0 and blue below for signed scores, purple for unsigned ones."""
+        if not self.signed:
+            return _UNSIGNED
+        return _POSITIVE if value >= 0 else _NEGATIVE
 
     def _heading(self) -> str:
         parts = [f"method={self.method}"]
@@ -75,40 +99,59 @@ class Attribution:
         parts.append(f"prediction={self.meta.get('prediction_label', self.prediction)}")
         return ", ".join(parts)
 
+    def _legend(self) -> str:
+        """The colour key, with a swatch of each colour."""
+        def swatch(rgb: tuple[int, int, int], label: str) -> str:
+            return (f'<span style="display:inline-block;background:rgba{rgb + (0.85,)};color:white;'
+                    f'padding:0 4px;border-radius:3px">{label}</span>')
+
+        if not self.signed:
+            return (f"{swatch(_UNSIGNED, 'darker')} = higher score (this score has no sign); "
+                    "the strongest token is fully coloured")
+        target = html.escape(str(self.meta.get("target_label", self.target)))
+        return (f"{swatch(_POSITIVE, '+')} red = score above 0, for the target ({target}); "
+                f"{swatch(_NEGATIVE, '&minus;')} blue = below 0, against it; "
+                "stronger colour = larger |score|, white = 0")
+
     def to_html(self, *, show_special: bool = False) -> str:
-        """A token heatmap: diverging red/blue for signed scores, a single hue for non-negative ones."""
-        values, signed = self._normalised()
+        """A token heatmap that wraps to the width of the page (no fixed widths), with its colour key.
+
+        Signed scores use a diverging scale centred at 0: red for positive scores (towards the target), blue for
+        negative ones, the colour's strength proportional to ``|score|`` over the largest ``|score|`` of the
+        non-special tokens. Unsigned scores use one hue, darker for higher. Hover a token to see its score.
+        """
+        values = self._normalised()
         spans = []
         for token, value, special, score in zip(self.tokens, values, self.special_tokens_mask, self.scores):
             if special and not show_special:
                 continue
-            if value >= 0:
-                colour = f"rgba(214, 39, 40, {abs(value):.3f})" if signed else f"rgba(31, 119, 180, {value:.3f})"
-            else:
-                colour = f"rgba(31, 119, 180, {abs(value):.3f})"
+            colour = f"rgba{self._rgb(value) + (round(abs(float(value)), 3),)}"
             text_colour = "white" if abs(value) > 0.6 else "black"
             spans.append(
-                f'<span title="{score:.4g}" style="background:{colour};color:{text_colour};padding:1px 3px;'
-                f'margin:1px;border-radius:3px;font-family:monospace">{html.escape(token)}</span>'
+                f'<span title="{score:.4g}" style="display:inline-block;max-width:100%;overflow-wrap:anywhere;'
+                f"background:{colour};color:{text_colour};padding:1px 3px;margin:1px;border-radius:3px;"
+                f'font-family:monospace">{html.escape(token)}</span>'
             )
-        legend = "red = supports the target, blue = opposes it" if signed else "darker = higher score"
         return (
-            f'<div style="line-height:2em"><div style="font-size:0.85em;color:#555">{html.escape(self._heading())}'
-            f" ({legend})</div>{''.join(spans)}</div>"
+            '<div style="max-width:100%;white-space:normal">'
+            f'<div style="font-size:0.85em;color:#555;line-height:1.6em">{html.escape(self._heading())}<br>'
+            f"{self._legend()}</div>"
+            f'<div style="display:flex;flex-wrap:wrap;align-items:baseline;line-height:1.8em">{"".join(spans)}'
+            "</div></div>"
         )
 
     def _repr_html_(self) -> str:
         return self.to_html()
 
     def to_ansi(self, *, show_special: bool = False) -> str:
-        """Tokens coloured by score with 24-bit ANSI backgrounds, for the terminal."""
-        values, signed = self._normalised()
+        """Tokens coloured by score with 24-bit ANSI backgrounds, for the terminal (the same hues as the HTML)."""
+        values = self._normalised()
         out = []
         for token, value, special in zip(self.tokens, values, self.special_tokens_mask):
             if special and not show_special:
                 continue
-            strength = int(255 * (1 - abs(value)))
-            rgb = (255, strength, strength) if value >= 0 and signed else (strength, strength, 255)
+            strength = abs(float(value))
+            rgb = [round(255 - strength * (255 - c)) for c in self._rgb(value)]
             out.append(f"\x1b[48;2;{rgb[0]};{rgb[1]};{rgb[2]}m\x1b[30m {token} \x1b[0m")
         return "".join(out)
 

@@ -29,7 +29,7 @@ from ..models import default_model_path
 __all__ = [
     "FUNCTION_WORDS", "FUNCTION_WORD_SET", "default_tokenizer", "join_frequencies", "norm_sources",
     "source_rank_correlation", "sst2_sentences", "token_counts", "vocabulary_norms", "vocabulary_table",
-    "word_class",
+    "word_class", "word_class_gap",
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -134,6 +134,88 @@ def join_frequencies(df: pd.DataFrame, lang: str = "en") -> pd.DataFrame:
     out["zipf"] = [zipf_frequency(w, lang) if isinstance(w, str) else np.nan for w in words]
     out["known_frequency"] = out["is_word"].to_numpy() & (out["zipf"].to_numpy() > 0)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Function against content words, at matched frequency
+# ---------------------------------------------------------------------------------------------------------------
+def _class_gaps(
+    fz: np.ndarray, fn: np.ndarray, cz: np.ndarray, cn: np.ndarray, k: int, knots: np.ndarray, bins: np.ndarray
+) -> np.ndarray:
+    """[gap, Zipf gap] for each of the three matchings of :func:`word_class_gap` (a (3, 2) array)."""
+    # 1. content words re-weighted so that their distribution over the frequency bins is the function words'
+    fb, cb = np.digitize(fz, bins), np.digitize(cz, bins)
+    nf, nc = np.bincount(fb, minlength=len(bins) + 1), np.bincount(cb, minlength=len(bins) + 1)
+    covered = nc[fb] > 0  # function words in a bin without content words cannot be matched
+    w = nf[cb] / nc[cb] * (nc[cb] > 0)
+    binned = [fn[covered].mean() - np.average(cn, weights=w), fz[covered].mean() - np.average(cz, weights=w)]
+    # 2. the k content words nearest in Zipf to each function word (with replacement); a window of 2k sorted
+    # neighbours always holds the k nearest
+    order = np.argsort(cz, kind="stable")
+    sz, sn = cz[order], cn[order]
+    start = np.clip(np.searchsorted(sz, fz) - k, 0, len(sz) - 2 * k)
+    window = start[:, None] + np.arange(2 * k)
+    nearest = np.take_along_axis(window, np.argsort(np.abs(sz[window] - fz[:, None]), axis=1)[:, :k], axis=1)
+    matched = [float(np.mean(fn - sn[nearest].mean(1))), float(np.mean(fz - sz[nearest].mean(1)))]
+    # 3. least squares: norm ~ piecewise-linear curve in Zipf (a knot every bin) + a function-word shift
+    z = np.concatenate([fz, cz])
+    x = np.column_stack([np.ones_like(z), np.r_[np.ones_like(fz), np.zeros_like(cz)], z,
+                         np.maximum(z[:, None] - knots[None, :], 0.0)])
+    beta = np.linalg.lstsq(x.T @ x, x.T @ np.concatenate([fn, cn]), rcond=None)[0]  # normal equations: fast
+    return np.array([binned, matched, [beta[1], 0.0]])
+
+
+def word_class_gap(
+    words: pd.DataFrame,
+    *,
+    n_neighbours: int = 1,
+    bin_width: float = 0.5,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> pd.DataFrame:
+    """How much shorter (negative) or longer function words' embeddings are than content words' of the same
+    frequency, three ways, each with a bootstrap confidence interval.
+
+    ``words`` has one row per word with ``norm``, ``zipf`` and ``word_class`` ("function"/"content"), e.g. the
+    ``known_frequency`` rows of :func:`join_frequencies`. The estimates of mean(function norm) - mean(matched
+    content norm):
+
+    - ``"bins"``: content words weighted so that their distribution over Zipf bins of ``bin_width`` equals the
+      function words' (the match is only as fine as the bins);
+    - ``"nearest"``: each function word against the mean of its ``n_neighbours`` nearest content words in Zipf
+      (with replacement);
+    - ``"regression"``: the class coefficient of a least-squares fit of the norm on a piecewise-linear function
+      of Zipf (a knot at every bin edge) plus a function-word indicator.
+
+    The bootstrap resamples function and content words separately (with replacement) and redoes every match.
+    Returns one row per estimate: ``gap``, ``low``, ``high``, ``zipf_gap`` (the mean Zipf difference the match
+    leaves, function minus content; 0 for the regression, which adjusts for frequency rather than matching),
+    ``n_function``, ``n_content``.
+    """
+    fw = words[words["word_class"] == "function"]
+    cw = words[words["word_class"] == "content"]
+    fz, fn = fw["zipf"].to_numpy(float), fw["norm"].to_numpy(float)
+    cz, cn = cw["zipf"].to_numpy(float), cw["norm"].to_numpy(float)
+    if len(fz) == 0 or len(cz) < 2 * n_neighbours:
+        raise ValueError(f"need function words and at least {2 * n_neighbours} content words, "
+                         f"got {len(fz)} and {len(cz)}.")
+    low_edge = np.floor(min(fz.min(), cz.min()) / bin_width) * bin_width
+    bins = np.arange(low_edge, max(fz.max(), cz.max()) + bin_width, bin_width)
+    knots = bins[1:-1]
+    point = _class_gaps(fz, fn, cz, cn, n_neighbours, knots, bins)
+    rng = np.random.default_rng(seed)
+    boot = np.empty((n_boot, 3))
+    for b in range(n_boot):
+        fi, ci_ = rng.integers(0, len(fz), len(fz)), rng.integers(0, len(cz), len(cz))
+        boot[b] = _class_gaps(fz[fi], fn[fi], cz[ci_], cn[ci_], n_neighbours, knots, bins)[:, 0]
+    alpha = (1.0 - ci) / 2.0
+    low, high = np.nanquantile(boot, [alpha, 1.0 - alpha], axis=0)
+    return pd.DataFrame(
+        {"gap": point[:, 0], "low": low, "high": high, "zipf_gap": point[:, 1], "n_function": len(fz),
+         "n_content": len(cz)},
+        index=pd.Index(["bins", "nearest", "regression"], name="match"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
