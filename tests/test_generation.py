@@ -324,6 +324,9 @@ def test_result_views_and_strict_json(make_tiny, tmp_path):
     assert "overflow-wrap:anywhere" in page and "overflow-x:auto" in page and r._repr_html_() == r.to_html()
     with pytest.raises(IndexError):
         r.to_html(step=len(r))
+    unsigned = nx.explain_generation(model, tok, PROMPT, continuation=r.generated_ids, method="gradient_norm")
+    assert not unsigned.signed and r.signed
+    assert "rgba(117, 107, 177" in unsigned.to_html() and "rgba(31, 119, 180" not in unsigned.to_html()
     shown = str(r)
     assert PROMPT in shown and "top sources" in shown and len(shown.splitlines()) == 4 + len(r)
     assert r.top(0, 2)[0][2] == np.nanmax(np.where(np.asarray(r.special_tokens_mask, bool), np.nan, r.scores[0]))

@@ -153,10 +153,10 @@ class GenerationAttribution:
         if not np.isfinite(value):
             return "#f2f2f2", "#999"
         strength = min(abs(float(value)), 1.0)
-        if value >= 0:
-            rgb = "214, 39, 40" if self.signed else "31, 119, 180"
+        if not self.signed:
+            rgb = "117, 107, 177"  # purple: no sign (the hue Attribution.to_html uses for unsigned scores)
         else:
-            rgb = "31, 119, 180"
+            rgb = "214, 39, 40" if value >= 0 else "31, 119, 180"  # red above 0, blue below
         return f"rgba({rgb}, {strength:.3f})", "white" if strength > 0.6 else "black"
 
     def _row_scaled(self, step: int) -> np.ndarray:
