@@ -102,3 +102,28 @@ def spearman_with_ci(
     alpha = (1.0 - ci) / 2.0
     low, high = np.nanquantile(boot, [alpha, 1.0 - alpha]) if np.isfinite(boot).any() else (np.nan, np.nan)
     return {"rho": rho, "low": float(low), "high": float(high), "n": n}
+
+
+def paired_bootstrap(
+    a: Sequence[float] | np.ndarray | pd.Series,
+    b: Sequence[float] | np.ndarray | pd.Series,
+    n_boot: int = 2000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> dict[str, float]:
+    """Mean of ``a - b`` over paired units (sentences) with a percentile interval from a paired bootstrap.
+
+    ``a[k]`` and ``b[k]`` must be two measurements of the same unit (one sentence scored by two methods, or at two
+    layers); each resample draws units with replacement and keeps their pairs together, so what the two share
+    (an easy sentence is easy for both) cancels out of the difference. Units with a NaN on either side are dropped.
+    Returns ``{"a", "b", "diff", "low", "high", "n"}``: both means, their difference and its interval.
+    """
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"a and b must be 1-D and of the same length, got shapes {a.shape} and {b.shape}.")
+    keep = ~(np.isnan(a) | np.isnan(b))
+    diff = bootstrap_mean(a[keep] - b[keep], n_boot=n_boot, seed=seed, ci=ci)
+    mean_a, mean_b = (float(v[keep].mean()) if keep.any() else np.nan for v in (a, b))
+    return {"a": mean_a, "b": mean_b, "diff": diff["mean"], "low": diff["low"], "high": diff["high"],
+            "n": diff["n"]}

@@ -19,9 +19,11 @@ import torch
 from datasets import Dataset
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from ..core.heads import id_logits, resolve_head
+from ..models import DEFAULT_MODEL, resolve_model_name
 from ..data import blimp
 from ..data.evidence import evidence_data
 from .loop import epoch_batches, train_loop
@@ -33,6 +35,22 @@ def check_mlm_head(model: PreTrainedModel) -> None:
     decoder, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
     if decoder is None or decoder.weight is not embeddings.weight:
         raise ValueError(f"{type(model).__name__}'s MLM decoder is not tied to its word embeddings.")
+
+
+def untrained_mlm(base_model: str = DEFAULT_MODEL) -> tuple[PreTrainedModel, list[str]]:
+    """``base_model`` as a masked LM before fine-tuning, and the names of the parameters it had to initialise.
+
+    A sentence encoder such as all-MiniLM-L6-v2 ships no MLM head, so transformers warns that "some weights ... are
+    newly initialized" and that the model should be trained. Here that is expected (the ``blimp`` recipe trains
+    exactly these weights), so the warning is kept out of the log and the names are returned for the caller to show.
+    """
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(resolve_model_name(base_model), output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model.eval(), sorted(info["missing_keys"])
 
 
 def _pair_batch(data: dict[str, list], index: Sequence[int], pad_id: int, device: torch.device) -> tuple[Tensor, ...]:
