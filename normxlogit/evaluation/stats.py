@@ -73,6 +73,17 @@ def _resampled_spearman(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.nda
         return cov / np.sqrt(vx * vy)
 
 
+def paired_arrays(x, y, x_name: str = "x", y_name: str = "y") -> tuple[np.ndarray, np.ndarray]:
+    """Two paired 1-D float arrays of the same length, without the pairs that have a NaN on either side."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"{x_name} and {y_name} must be 1-D and of the same length, got shapes {x.shape} and "
+                         f"{y.shape}.")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    return x[keep], y[keep]
+
+
 def spearman_with_ci(
     x: Sequence[float] | np.ndarray | pd.Series,
     y: Sequence[float] | np.ndarray | pd.Series,
@@ -85,12 +96,7 @@ def spearman_with_ci(
     Pairs with a NaN are dropped. Each resample draws ``n`` pairs with replacement and is re-ranked (ties get
     average ranks, as in scipy), for blocks of resamples at once. Returns ``{"rho", "low", "high", "n"}``.
     """
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"x and y must be 1-D and of the same length, got shapes {x.shape} and {y.shape}.")
-    keep = ~(np.isnan(x) | np.isnan(y))
-    x, y = x[keep], y[keep]
+    x, y = paired_arrays(x, y, "x", "y")
     n = len(x)
     if n < 3:
         return {"rho": np.nan, "low": np.nan, "high": np.nan, "n": n}
@@ -118,12 +124,8 @@ def paired_bootstrap(
     (an easy sentence is easy for both) cancels out of the difference. Units with a NaN on either side are dropped.
     Returns ``{"a", "b", "diff", "low", "high", "n"}``: both means, their difference and its interval.
     """
-    a = np.asarray(a, dtype=float)
-    b = np.asarray(b, dtype=float)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"a and b must be 1-D and of the same length, got shapes {a.shape} and {b.shape}.")
-    keep = ~(np.isnan(a) | np.isnan(b))
-    diff = bootstrap_mean(a[keep] - b[keep], n_boot=n_boot, seed=seed, ci=ci)
-    mean_a, mean_b = (float(v[keep].mean()) if keep.any() else np.nan for v in (a, b))
+    a, b = paired_arrays(a, b, "a", "b")
+    diff = bootstrap_mean(a - b, n_boot=n_boot, seed=seed, ci=ci)
+    mean_a, mean_b = (float(v.mean()) if len(v) else np.nan for v in (a, b))
     return {"a": mean_a, "b": mean_b, "diff": diff["mean"], "low": diff["low"], "high": diff["high"],
             "n": diff["n"]}
