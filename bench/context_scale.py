@@ -20,7 +20,8 @@ prompt tokens, and generates the answer greedily (8 tokens at most). Then each m
   ablations and a partitioner that hands it our sentences (its own splitter downloads NLTK data); the response is
   generated before the clock starts, so only the ablations and the Lasso fit are timed.
 
-Time: wall and CPU time of the one call (``--repeats`` calls, fastest kept, for ``forward`` and ``normxlogit``),
+Time: wall and CPU time of the one call (for ``forward`` and ``normxlogit``: a warm-up call, then ``--repeats``
+calls, the fastest kept),
 on ``--threads`` torch threads (1: CPU time is then the fair measure on a shared machine); peak memory: the
 child's peak resident set (``ru_maxrss`` read with ``os.wait4``; it includes the model, about 0.5 GB). A run past
 ``--timeout`` CPU seconds (600: ten minutes of one core; CPU rather than wall time, since wall time on a shared
@@ -218,6 +219,8 @@ def child(args: argparse.Namespace) -> dict:
             return cc.get_attributions(verbose=False)
     else:
         raise SystemExit(f"unknown case {method}")
+    if method in ("forward", "normxlogit"):
+        call()  # warm-up: the first pass at a new length pays one-time allocations (seconds at 2k tokens)
     walls, cpus = [], []
     for _ in range(repeats):
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -272,6 +275,37 @@ def uptime() -> str:
         return subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return f"load average: {os.getloadavg()}"
+
+
+def save(path: Path | None, records: list[dict], args: argparse.Namespace, load_before: str, load_after: str,
+         *, show: bool) -> None:
+    """Merge ``records`` into the JSON at ``path`` (replacing the file's records for the same method and length),
+    with CPU-time ratios to the forward pass and to NormXLogit over every record; print the ratios if ``show``."""
+    old = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    mine_keys = {(r["method"], r["tokens"]) for r in records}
+    merged = [r for r in old.get("records", []) if (r["method"], r["tokens"]) not in mine_keys] + records
+    merged.sort(key=lambda r: (METHODS.index(r["method"]), r["tokens"]))
+    table = {(r["method"], r["tokens"]): r for r in merged if r["status"] == "ok"}
+    for (method, length), r in sorted(table.items(), key=lambda kv: (kv[0][1], METHODS.index(kv[0][0]))):
+        floor, mine = table.get(("forward", length)), table.get(("normxlogit", length))
+        parts = []
+        if floor:
+            r["x_forward"] = round(r["cpu_seconds"] / floor["cpu_seconds"], 2)
+            parts.append(f"{r['x_forward']:8.1f}x forward")
+        if mine and method != "normxlogit":
+            r["x_normxlogit"] = round(r["cpu_seconds"] / mine["cpu_seconds"], 2)
+            parts.append(f"{r['x_normxlogit']:8.1f}x normxlogit")
+        if show:
+            print(f"L={length:<5} {method:<15} CPU time " + ", ".join(parts))
+    if path is not None:
+        run = {"lengths": sorted(args.lengths), "methods": args.methods, "uptime_before": load_before,
+               "uptime_after": load_after, "timeout_cpu_s": args.timeout,
+               "timeout_wall_s": args.timeout * args.wall_factor, "threads": args.threads, "pid": os.getpid()}
+        runs = [r for r in old.get("runs", []) if r.get("pid") != os.getpid() or r.get("uptime_before") != load_before]
+        out = {"model": args.model, "answer_tokens_max": ANSWER_TOKENS, "cpu": _cpu_name(),
+               "measure": "cpu_seconds on one torch thread (wall seconds depend on the shared machine's load)",
+               "runs": runs + [run], "records": merged}
+        path.write_text(json.dumps(out, indent=1) + "\n")
 
 
 def main() -> None:
@@ -329,37 +363,14 @@ def main() -> None:
                     stopped[method] = length
             rec["uptime"] = uptime()
             records.append(rec)
+            # saved after every run, so that a stopped benchmark keeps what it measured
+            save(Path(args.json) if args.json else None, records, args, load_before, "(running)", show=False)
             shown = (f"{rec['seconds']:9.2f} s wall {rec['cpu_seconds']:9.2f} s CPU  peak {rec['peak_mb']:6.0f} MB"
                      if rec["status"] == "ok" else rec["status"])
             print(f"  {method:<15} {shown}", flush=True)
     load_after = uptime()
 
-    path = Path(args.json) if args.json else None
-    old = json.loads(path.read_text()) if path is not None and path.is_file() else {}
-    mine_keys = {(r["method"], r["tokens"]) for r in records}
-    merged = [r for r in old.get("records", []) if (r["method"], r["tokens"]) not in mine_keys] + records
-    merged.sort(key=lambda r: (METHODS.index(r["method"]), r["tokens"]))
-    # ratios to the forward pass and to normxlogit, in CPU time, over every record (this run's and the file's)
-    table = {(r["method"], r["tokens"]): r for r in merged if r["status"] == "ok"}
-    for (method, length), r in sorted(table.items(), key=lambda kv: (kv[0][1], METHODS.index(kv[0][0]))):
-        floor, mine = table.get(("forward", length)), table.get(("normxlogit", length))
-        parts = []
-        if floor:
-            r["x_forward"] = round(r["cpu_seconds"] / floor["cpu_seconds"], 2)
-            parts.append(f"{r['x_forward']:8.1f}x forward")
-        if mine and method != "normxlogit":
-            r["x_normxlogit"] = round(r["cpu_seconds"] / mine["cpu_seconds"], 2)
-            parts.append(f"{r['x_normxlogit']:8.1f}x normxlogit")
-        print(f"L={length:<5} {method:<15} CPU time " + ", ".join(parts))
-    if path is not None:
-        runs = old.get("runs", []) + [{"lengths": sorted(args.lengths), "methods": args.methods,
-                                       "uptime_before": load_before, "uptime_after": load_after,
-                                       "timeout_cpu_s": args.timeout,
-                                       "timeout_wall_s": args.timeout * args.wall_factor, "threads": args.threads}]
-        out = {"model": args.model, "answer_tokens_max": ANSWER_TOKENS, "cpu": _cpu_name(),
-               "measure": "cpu_seconds on one torch thread (wall seconds depend on the shared machine's load)",
-               "runs": runs, "records": merged}
-        path.write_text(json.dumps(out, indent=1) + "\n")
+    save(Path(args.json) if args.json else None, records, args, load_before, load_after, show=True)
     print(f"load: before {load_before}\n      after  {load_after}")
 
 
