@@ -27,7 +27,7 @@ from .evaluation.alignment import average_precision, dp, evaluate_alignment, lay
 from .evaluation.faithfulness import evaluate, evaluate_methods
 from .evaluation.results import FaithfulnessResult, aopc_table
 from .methods.occlusion import occlude
-from .models import DEFAULT_MODEL, ModelLoadError, default_model_path, load_model
+from .models import DEFAULT_MODEL, ModelLoadError, UntrainedHeadError, default_model_path, load_model
 from .settings import cache_dir, pick, profile
 from .studies.readouts import layer_agreement, layer_readouts
 from .training import pretrained, pretrained_info
@@ -39,6 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Attribution", "Batch", "DEFAULT_MODEL", "HEADS", "HeadSpec", "ModelLoadError", "UnsupportedModelError",
+    "UntrainedHeadError",
     "cache_dir", "default_model_path", "explain", "get_method", "list_architectures", "list_methods",
     "load_attributions", "load_model", "methods", "pick", "profile", "register_method", "resolve_head",
     "save_attributions",

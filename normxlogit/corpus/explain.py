@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..core.attribution import Attribution
 from ..core.explain import attribute, explain
 from ..core.inputs import encode
+from ..models import check_trained_head
 from .errors import CorpusError
 from .manifest import finish_output, model_names, open_output, pending_shards, read_manifest, run_config
 from .processes import on_main, place_model, process_state, progress_bar
@@ -64,6 +65,7 @@ def explain_dataset(
     ``torchrun`` or ``accelerate launch`` every process takes its share of the shards; the model is moved to the
     process's device unless it was loaded with a ``device_map``. Returns the manifest (on every process).
     """
+    check_trained_head(model, "explain_dataset")
     state = process_state()
     place_model(model, state)
     if batch_size < 1 or shard_size < 1:

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..core.heads import resolve_head
 from ..core.inputs import eval_mode, model_device
+from ..models import check_trained_head
 from .prompts import (check_causal_lm, continuation_ids, greedy_continuation, max_positions, prompt_ids,
                       resolve_layer)
 from .reading import gathered_logits, model_logits
@@ -140,6 +141,7 @@ def explain_generation(
     spec = get_generation_method(method)
     check_options(spec, options)
     check_causal_lm(model)
+    check_trained_head(model, "explain_generation")
     if norm_source not in NORM_SOURCES:
         raise ValueError(f"norm_source must be one of {', '.join(NORM_SOURCES)}, not {norm_source!r}.")
     if continuation is None and (not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1):
