@@ -10,8 +10,9 @@ For every example the tokens are ranked by attribution score (largest first). At
 Measures, averaged over examples at each ratio, then over ``0 < k < 1`` (10%..90% with the default ratios; the paper's
 AOPC):
 
-- classification: confidence drop ``p(y_hat | x) - p(y_hat | x')`` of the originally predicted class ``y_hat``, and
-  accuracy of the perturbed predictions against gold labels;
+- classification: confidence drop ``p(y | x) - p(y | x')`` of the class ``y`` the attributions explain (their
+  ``target``: the predicted class ``y_hat`` by default; recorded as ``FaithfulnessResult.target``), and accuracy of
+  the perturbed predictions against gold labels;
 - causal LMs: the same, where ``y_hat`` is the token predicted at the last position (the most probable next token,
   or the most probable of the given ``label_words``, whose index is the class) and ``p`` its probability over the
   whole vocabulary there; the attributions explain ``y_hat``;
@@ -80,9 +81,9 @@ from ..core.attribution import Attribution
 from ..core.explain import attribute
 from ..core.inputs import Encoded, Texts, encode, model_device
 from ..core.registry import get_method
-from ..core.explain import lent_pad, padding_for
+from ..core.explain import lent_pad, padding_for, padding_for_rows
 from ..core.heads import resolve_head
-from ..models import Task, detect_task
+from ..models import Task, check_trained_head, detect_task
 from .perturbation import (DEFAULT_RATIOS, KINDS, PROTOCOLS, LabelWords, Protocol, Replacement, causal_lm_outputs,
                            classifier_outputs, default_replacement, label_word_ids, perturb, ranked_positions,
                            replaced_positions, replacement_id, top_count)
@@ -176,6 +177,7 @@ def evaluate(
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}.")
+    check_trained_head(model, "evaluate")
     ratios = [float(r) for r in ratios]
     if not ratios or any(not 0 <= r <= 1 for r in ratios):
         raise ValueError(f"ratios must be fractions in [0, 1]; got {ratios}.")
@@ -253,9 +255,14 @@ def evaluate(
                 positions = replaced_positions(ranking, count, kind)
                 where[kind][i, j] = index_of(perturb(base, positions, chosen, token_id, pads["input_ids"]))
     total = len(items) * (1 + 2 * len(ratios))
+    target = measured_targets(attrs, task, num_classes, label_ids, tokenizer)
 
     # 2. Run them, longest first, in batches of about ``batch_tokens`` tokens.
-    columns = (label_ids or sorted({int(p) for p in lm_prediction})) if task == "causal-lm" else None
+    columns = None
+    if task == "causal-lm":
+        columns = label_ids or sorted({int(p) for p in lm_prediction} | {int(t) for t in target})
+    if lend is not None:  # a lent pad id must occur in no perturbed input, or the model pools another token
+        pads, lend = padding_for_rows(model, tokenizer, head, inputs, warn=False)
     with lent_pad(model, lend):
         if task == "causal-lm":
             picked, lse, top = causal_lm_outputs(model, pads, inputs, batch_tokens, columns, progress)
@@ -267,7 +274,7 @@ def evaluate(
         probs = np.exp(picked.astype(np.float64) - lse[:, None])  # full-vocabulary probabilities of the columns
         classes = picked.argmax(-1) if label_ids else top
         original_prediction = lm_prediction
-        column = lm_prediction if label_ids else np.searchsorted(columns, lm_prediction)
+        column = target if label_ids else np.searchsorted(columns, target)
         original = probs[originals, column]
         outputs = {kind: probs[where[kind], column[:, None]] for kind in KINDS}
         predictions = {kind: classes[where[kind]] for kind in KINDS}
@@ -281,8 +288,8 @@ def evaluate(
         probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
         classes = logits.argmax(-1)
         original_prediction = classes[originals]
-        original = probs[originals, original_prediction]
-        outputs = {kind: probs[where[kind], original_prediction[:, None]] for kind in KINDS}
+        original = probs[originals, target]
+        outputs = {kind: probs[where[kind], target[:, None]] for kind in KINDS}
         predictions = {kind: classes[where[kind]] for kind in KINDS}
     meta = {
         "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
@@ -302,7 +309,40 @@ def evaluate(
     if explain_options:
         meta["explain_options"] = {k: v for k, v in explain_options.items() if isinstance(v, (int, float, str, bool))}
     return FaithfulnessResult(method, "classification" if task == "causal-lm" else task, protocol, chosen, ratios,
-                              outputs, predictions, original, original_prediction, gold, n_ranked, meta)
+                              outputs, predictions, original, original_prediction, gold, n_ranked, meta, target)
+
+
+def measured_targets(attrs: Sequence[Attribution], task: Task, num_classes: int, label_ids: list[int] | None,
+                     tokenizer: PreTrainedTokenizerBase) -> np.ndarray | None:
+    """The class whose probability each example's curves follow: the one its attributions explain (their
+    ``target``; by default the prediction), so that a ranking is measured on the output it ranks tokens for.
+    Classification: a class index; causal LMs: the index of the label word, or (without ``label_words``) the token
+    id. None for regression. A clear error where an attribution's target cannot be measured."""
+    if task == "regression":
+        return None
+    targets = [a.target for a in attrs]
+    missing = [i for i, t in enumerate(targets) if t is None]
+    if missing:
+        raise ValueError(f"Attribution {missing[0]} has no target (it was computed for a regression model?), so "
+                         "evaluate() cannot tell which class its ranking explains; explain the texts with this model.")
+    values = np.asarray(targets, dtype=np.int64)
+    if task == "causal-lm" and label_ids is not None:
+        index = {token: k for k, token in enumerate(label_ids)}
+        bad = [i for i, t in enumerate(values) if int(t) not in index]
+        if bad:
+            token = tokenizer.convert_ids_to_tokens(int(values[bad[0]]))
+            raise ValueError(
+                f"Attribution {bad[0]} explains the token {token!r} (id {int(values[bad[0]])}), which is none of the "
+                f"label_words (ids {label_ids}); evaluate() measures the probability of the label word the "
+                "attributions explain. Explain a label word (target= its token id), or evaluate without label_words.")
+        return np.array([index[int(t)] for t in values], dtype=np.int64)
+    bad = [i for i, t in enumerate(values) if not 0 <= t < num_classes]
+    if bad:
+        what = "token ids" if task == "causal-lm" else "classes"
+        raise ValueError(f"Attribution {bad[0]} explains target {int(values[bad[0]])}, but this model has "
+                         f"{num_classes} {what} (0..{num_classes - 1}); were the attributions computed with another "
+                         "model?")
+    return values
 
 
 def _batch_tokens(model: PreTrainedModel, batch_tokens: int | None) -> int:
