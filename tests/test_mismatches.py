@@ -182,7 +182,7 @@ def test_evaluate_pools_each_perturbed_input_as_the_model_alone(gpt2_classifier,
 
 
 def test_unused_id_prefers_the_natural_pad_and_avoids_every_row():
-    from normxlogit.core.explain import unused_id
+    from normxlogit.core.padding import unused_id
 
     rows = [{"input_ids": [5, 7, 9]}, {"input_ids": np.array([9, 2])}]
     assert unused_id(rows, [3, 0], 10) == 3

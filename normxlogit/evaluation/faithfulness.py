@@ -81,12 +81,13 @@ from ..core.attribution import Attribution
 from ..core.explain import attribute
 from ..core.inputs import Encoded, Texts, encode, model_device
 from ..core.registry import get_method
-from ..core.explain import lent_pad, padding_for, padding_for_rows
+from ..core.explain import lent_pad, padding_for
+from ..core.padding import rows_padding
 from ..core.heads import resolve_head
 from ..models import Task, check_trained_head, detect_task
 from .perturbation import (DEFAULT_RATIOS, KINDS, PROTOCOLS, LabelWords, Protocol, Replacement, causal_lm_outputs,
-                           classifier_outputs, default_replacement, label_word_ids, perturb, ranked_positions,
-                           replaced_positions, replacement_id, top_count)
+                           classifier_outputs, default_replacement, label_word_ids, measured_targets, perturb,
+                           ranked_positions, replaced_positions, replacement_id, top_count)
 from .results import FaithfulnessResult
 
 MethodOrAttributions = Union[str, Sequence[Attribution]]
@@ -262,7 +263,7 @@ def evaluate(
     if task == "causal-lm":
         columns = label_ids or sorted({int(p) for p in lm_prediction} | {int(t) for t in target})
     if lend is not None:  # a lent pad id must occur in no perturbed input, or the model pools another token
-        pads, lend = padding_for_rows(model, tokenizer, head, inputs, warn=False)
+        pads, lend = rows_padding(model, tokenizer, head, inputs, pads, lend, warn=False)
     with lent_pad(model, lend):
         if task == "causal-lm":
             picked, lse, top = causal_lm_outputs(model, pads, inputs, batch_tokens, columns, progress)
@@ -310,39 +311,6 @@ def evaluate(
         meta["explain_options"] = {k: v for k, v in explain_options.items() if isinstance(v, (int, float, str, bool))}
     return FaithfulnessResult(method, "classification" if task == "causal-lm" else task, protocol, chosen, ratios,
                               outputs, predictions, original, original_prediction, gold, n_ranked, meta, target)
-
-
-def measured_targets(attrs: Sequence[Attribution], task: Task, num_classes: int, label_ids: list[int] | None,
-                     tokenizer: PreTrainedTokenizerBase) -> np.ndarray | None:
-    """The class whose probability each example's curves follow: the one its attributions explain (their
-    ``target``; by default the prediction), so that a ranking is measured on the output it ranks tokens for.
-    Classification: a class index; causal LMs: the index of the label word, or (without ``label_words``) the token
-    id. None for regression. A clear error where an attribution's target cannot be measured."""
-    if task == "regression":
-        return None
-    targets = [a.target for a in attrs]
-    missing = [i for i, t in enumerate(targets) if t is None]
-    if missing:
-        raise ValueError(f"Attribution {missing[0]} has no target (it was computed for a regression model?), so "
-                         "evaluate() cannot tell which class its ranking explains; explain the texts with this model.")
-    values = np.asarray(targets, dtype=np.int64)
-    if task == "causal-lm" and label_ids is not None:
-        index = {token: k for k, token in enumerate(label_ids)}
-        bad = [i for i, t in enumerate(values) if int(t) not in index]
-        if bad:
-            token = tokenizer.convert_ids_to_tokens(int(values[bad[0]]))
-            raise ValueError(
-                f"Attribution {bad[0]} explains the token {token!r} (id {int(values[bad[0]])}), which is none of the "
-                f"label_words (ids {label_ids}); evaluate() measures the probability of the label word the "
-                "attributions explain. Explain a label word (target= its token id), or evaluate without label_words.")
-        return np.array([index[int(t)] for t in values], dtype=np.int64)
-    bad = [i for i, t in enumerate(values) if not 0 <= t < num_classes]
-    if bad:
-        what = "token ids" if task == "causal-lm" else "classes"
-        raise ValueError(f"Attribution {bad[0]} explains target {int(values[bad[0]])}, but this model has "
-                         f"{num_classes} {what} (0..{num_classes - 1}); were the attributions computed with another "
-                         "model?")
-    return values
 
 
 def _batch_tokens(model: PreTrainedModel, batch_tokens: int | None) -> int:

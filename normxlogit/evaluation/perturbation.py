@@ -27,6 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..core.attribution import Attribution
 from ..core.inputs import eval_mode, model_device, model_inputs, padded_batches, replacement_token_id
+from ..models import Task
 
 PROTOCOLS = ("clean", "paper")
 REPLACEMENTS = ("mask", "pad", "unk", "attention", "delete")
@@ -69,6 +70,39 @@ def label_word_ids(tokenizer: PreTrainedTokenizerBase, label_words: LabelWords, 
     if len(set(ids)) != len(ids):
         raise ValueError(f"label_words {list(label_words)!r} repeat a token (ids {ids}).")
     return ids
+
+
+def measured_targets(attrs: Sequence[Attribution], task: Task, num_classes: int, label_ids: list[int] | None,
+                     tokenizer: PreTrainedTokenizerBase) -> np.ndarray | None:
+    """The class whose probability each example's curves follow: the one its attributions explain (their
+    ``target``; by default the prediction), so that a ranking is measured on the output it ranks tokens for.
+    Classification: a class index; causal LMs: the index of the label word, or (without ``label_words``) the token
+    id. None for regression. A clear error where an attribution's target cannot be measured."""
+    if task == "regression":
+        return None
+    targets = [a.target for a in attrs]
+    missing = [i for i, t in enumerate(targets) if t is None]
+    if missing:
+        raise ValueError(f"Attribution {missing[0]} has no target (it was computed for a regression model?), so "
+                         "evaluate() cannot tell which class its ranking explains; explain the texts with this model.")
+    values = np.asarray(targets, dtype=np.int64)
+    if task == "causal-lm" and label_ids is not None:
+        index = {token: k for k, token in enumerate(label_ids)}
+        bad = [i for i, t in enumerate(values) if int(t) not in index]
+        if bad:
+            token = tokenizer.convert_ids_to_tokens(int(values[bad[0]]))
+            raise ValueError(
+                f"Attribution {bad[0]} explains the token {token!r} (id {int(values[bad[0]])}), which is none of the "
+                f"label_words (ids {label_ids}); evaluate() measures the probability of the label word the "
+                "attributions explain. Explain a label word (target= its token id), or evaluate without label_words.")
+        return np.array([index[int(t)] for t in values], dtype=np.int64)
+    bad = [i for i, t in enumerate(values) if not 0 <= t < num_classes]
+    if bad:
+        what = "token ids" if task == "causal-lm" else "classes"
+        raise ValueError(f"Attribution {bad[0]} explains target {int(values[bad[0]])}, but this model has "
+                         f"{num_classes} {what} (0..{num_classes - 1}); were the attributions computed with another "
+                         "model?")
+    return values
 
 
 def ranked_positions(attribution: Attribution, protocol: Protocol = "clean") -> tuple[np.ndarray, int]:
