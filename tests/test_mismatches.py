@@ -399,3 +399,102 @@ def test_evaluate_refuses_targets_it_cannot_measure(make_tiny):
         chosen.original_prediction.tolist()
     for text, k, p in zip(["a gripping film", "dull"], other, flipped.original):
         assert p == pytest.approx(float(own_logits(lm, tok, text)[-1].softmax(-1)[ids[k]]), rel=1e-4)
+
+
+# --- 3. families whose embeddings or lengths normxlogit cannot use ---------------------------------------------------
+def _canine(task):
+    config = tf.CanineConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                             downsampling_rate=4, num_hash_functions=2, num_hash_buckets=64,
+                             **({"num_labels": 1, "problem_type": "regression"} if task == "regression"
+                                else {"num_labels": 3}))
+    torch.manual_seed(0)
+    return tf.CanineForSequenceClassification(config).eval()
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_a_model_without_an_embedding_table_is_unsupported(tokenizer, task):
+    model = _canine(task)
+    with pytest.raises(nx.UnsupportedModelError, match=r"CanineForSequenceClassification.*no input-embedding table"):
+        nx.explain(model, tokenizer, "a gripping film .")
+    with pytest.raises(nx.UnsupportedModelError, match="no input-embedding table"):
+        nx.evaluate(model, tokenizer, ["a gripping film ."], "random")
+
+
+def test_the_embedding_check_is_by_failure_not_by_name(make_tiny):
+    class NoTableForSequenceClassification(tf.BertForSequenceClassification):
+        def get_input_embeddings(self):
+            raise NotImplementedError("no table")
+
+    model, tok = make_tiny("bert", "classification")
+    other = NoTableForSequenceClassification(model.config).eval()
+    with pytest.raises(nx.UnsupportedModelError, match="NoTableForSequenceClassification .*no input-embedding table"):
+        nx.explain(other, tok, "a gripping film .")
+
+
+def _nystromformer(tokenizer, landmarks: int):
+    config = tf.NystromformerConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=4, intermediate_size=64, num_landmarks=landmarks,
+                                    segment_means_seq_len=16, max_position_embeddings=130)
+    torch.manual_seed(0)
+    return tf.NystromformerForMaskedLM(config).eval()
+
+
+def test_a_length_the_model_cannot_take_is_named(tokenizer):
+    model = _nystromformer(tokenizer, landmarks=4)
+    with pytest.raises(nx.UnsupportedModelError, match=r"cannot run a batch of 1 text\(s\) padded to 6 tokens.*"
+                                                       r"num_landmarks=4, segment_means_seq_len=16.*max_length="):
+        nx.explain(model, tokenizer, "a [MASK] film .")
+    # 2 x 8 tokens fit the reshape (2 * 8 = 16): transformers runs it, mixing the two rows; the text alone does not
+    with pytest.raises(nx.UnsupportedModelError, match="segment_means_seq_len=16"):
+        nx.explain(model, tokenizer, ["a [MASK] film is good .", "a [MASK] film was bad ."])
+
+
+def test_hidden_states_that_are_not_one_per_token_are_refused(make_tiny):
+    class DownsamplingForSequenceClassification(tf.BertForSequenceClassification):  # a family outside the table that pools the sequence
+        def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs):
+            out = super().forward(input_ids, attention_mask, token_type_ids, **kwargs)
+            out.hidden_states = tuple(h[:, ::2] for h in out.hidden_states)
+            return out
+
+    model, tok = make_tiny("bert", "classification")
+    other = DownsamplingForSequenceClassification(model.config).eval()
+    other.load_state_dict(model.state_dict())
+    with pytest.raises(nx.UnsupportedModelError, match=r"keeps hidden states of \[3\] positions for 6 input tokens"):
+        nx.explain(other, tok, "a gripping film .")
+
+
+def test_outputs_that_depend_on_the_batch_are_refused(make_tiny):
+    from normxlogit.core.compat import check_batch_invariance
+
+    model, _ = make_tiny("bert", "classification")
+    check_batch_invariance(model, torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 2.0000001]]), 2, 5)
+    with pytest.raises(nx.UnsupportedModelError, match=r"another output alone than in a batch of 2 text\(s\) padded "
+                                                       r"to 5 tokens"):
+        check_batch_invariance(model, torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 2.5]]), 2, 5)
+
+
+def test_a_config_length_limit_truncates_with_a_warning(tokenizer):
+    torch.manual_seed(0)  # MPT builds its ALiBi bias for max_seq_len positions and fails on longer inputs
+    model = tf.MptForCausalLM(tf.MptConfig(d_model=32, n_heads=4, n_layers=2, max_seq_len=8,
+                                           vocab_size=len(tokenizer))).eval()
+    with pytest.warns(UserWarning, match="truncated to 8"):
+        a = nx.explain(model, tokenizer, "a gripping , funny and thoroughly entertaining film .", "logat")
+    assert len(a.tokens) == 8
+    with pytest.raises(ValueError, match="max_length must be between 2 and the model's limit 8"):
+        nx.explain(model, tokenizer, "a gripping film .", max_length=12)
+
+
+def test_a_guessed_head_that_cannot_read_the_hidden_states_is_named(tokenizer):
+    config = tf.ReformerConfig(hidden_size=32, num_attention_heads=2, attention_head_size=16, feed_forward_size=64,
+                               attn_layers=["local", "local"], axial_pos_shape=(4, 8), axial_pos_embds_dim=(16, 16),
+                               local_attn_chunk_length=4, vocab_size=len(tokenizer), pad_token_id=0, is_decoder=True,
+                               max_position_embeddings=32)
+    torch.manual_seed(0)  # reversible layers: the output layer reads two streams side by side (64 wide)
+    model = tf.ReformerModelWithLMHead(config).eval()
+    with pytest.raises(nx.UnsupportedModelError, match=r"generic head guess .*cannot read its hidden states.*"
+                                                       r"Pass head="):
+        nx.explain(model, tokenizer, "a gripping , funny film .", "logat", task="causal-lm")  # 8 tokens
+    # 6 tokens: Reformer pads them to its chunk length, 8 positions
+    with pytest.raises(nx.UnsupportedModelError, match=r"keeps hidden states of \[8\] positions for 6 input tokens "
+                                                       r"\(it pads the sequence to a multiple of a chunk"):
+        nx.explain(model, tokenizer, "a gripping film .", "logat", task="causal-lm")

@@ -21,7 +21,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..models import Task, check_trained_head
 from .attribution import Attribution
-from .heads import Head, check_head, id_logits, pooled_positions, resolve_head
+from .compat import check_batch_invariance, check_token_aligned, head_read_errors, length_errors, probe_alone
+from .heads import Head, UnsupportedModelError, check_head, head_spec, id_logits, pooled_positions, resolve_head
 from .padding import pad_configs, pooled_pad_id, rows_padding
 from .inputs import Encoded, TextInput, Texts, encode, eval_mode, model_device, model_inputs, padded_batches
 from .registry import NORM_SOURCES, Batch, get_method
@@ -41,7 +42,11 @@ def resolve_layer(layer: int, num_layers: int) -> int:
 def num_layers_of(model: PreTrainedModel) -> int:
     """The number of transformer layers of ``model`` (from its config; a multimodal config's text part)."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
+    for name in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    raise UnsupportedModelError(f"Cannot tell how many layers a {type(model).__name__} has: its config has none of "
+                                "num_hidden_layers, n_layer, num_layers, n_layers (a model outside the head table).")
 
 
 # --- the forward pass shared by all methods ----------------------------------------------------------------------
@@ -148,8 +153,13 @@ def forward_batch(
     inputs = model_inputs(model, inputs)
     if positions is None:
         positions = _explained_positions(head, inputs, tokenizer, model)
-    with torch.no_grad():
+    with torch.no_grad(), length_errors(model, inputs):
         out, logits = _forward_at(model, head, inputs, positions)
+    check_token_aligned(model, out.hidden_states, inputs["input_ids"])
+    if head_spec(model) is None and (len(positions) > 1 or not bool(inputs["attention_mask"].all())):
+        # a family outside the table (not tested for it): its first text must give the same output alone
+        alone = probe_alone(model, inputs, lambda row: _forward_at(model, head, row, positions[:1])[1])
+        check_batch_invariance(model, alone, logits[:1], *inputs["input_ids"].shape)
     num_classes = logits.shape[-1]
     if head.task == "regression":
         predictions = logits[:, 0].float()
@@ -165,7 +175,8 @@ def forward_batch(
                 what = "token ids" if head.task.endswith("lm") else "classes"
                 raise ValueError(f"target {bad[0]} is out of range: this model has {num_classes} {what} (0..{num_classes - 1}).")
     if head.check:
-        self_check(model, head, out.hidden_states[-1], positions, logits, targets)
+        with head_read_errors(model, head.source, out.hidden_states[-1]):
+            self_check(model, head, out.hidden_states[-1], positions, logits, targets)
     return Batch(model, tokenizer, head, head.task, inputs, special, out.hidden_states, logits, positions, targets,
                  predictions, layer, norm_source, indices, seed)
 

@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 
 from ..models import Task, check_task, detect_task
 from .architectures import HEADS, HeadSpec, Reader, UnsupportedModelError, list_architectures
+from .compat import check_input_embeddings
 
 Pooling = Literal["first", "last", "every"]
 
@@ -211,6 +212,7 @@ def resolve_head(
     (:func:`check_head`) that every call otherwise runs.
     """
     task = check_task(model, task) if task is not None else detect_task(model)
+    check_input_embeddings(model)
     model_type = getattr(model.config, "model_type", "")
     spec = HEADS.get(model_type)
     if spec is not None and spec.unsupported and head is None:

@@ -71,6 +71,9 @@ def model_max_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
     positions = getattr(model.config, "max_position_embeddings", None)
     if isinstance(positions, int) and positions > 0:  # XLNet's -1 means "no limit"
         limits.append(positions - position_offset(model))
+    longest = getattr(model.config, "max_seq_len", None)  # MPT: its ALiBi bias is built for this many positions
+    if isinstance(longest, int) and longest > 0:
+        limits.append(longest)
     return min(limits) if limits else 512
 
 
@@ -205,7 +208,10 @@ def collate(
 
 def model_device(model: nn.Module) -> torch.device:
     """Where the model's inputs go: the input embedding's device (so models spread over devices work too)."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    try:
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    except NotImplementedError:  # no table (CANINE): resolve_head says so; here only the device is wanted
+        embeddings = None
     if embeddings is not None and getattr(embeddings, "weight", None) is not None:
         return embeddings.weight.device
     return next(model.parameters()).device
