@@ -470,3 +470,22 @@ def test_label_word_head_type(make_tiny):
     with torch.no_grad():
         full = model.lm_head(states)[:, head.label_ids]
     torch.testing.assert_close(head(states), full, rtol=1e-5, atol=1e-5)
+
+
+def test_a_shared_forward_cache_runs_each_input_once(make_tiny, monkeypatch):
+    from normxlogit.evaluation import prompted
+
+    model, tok = make_tiny("llama", "causal-lm")
+    attrs = nx.explain(model, tok, REVIEWS, template=TEMPLATE, label_words=WORDS)
+    plain = {c: nx.evaluate(model, tok, None, attrs, label_words=WORDS, confidence=c)
+             for c in ("label_words", "vocabulary")}
+    run, cache = [], {}
+    original = prompted.causal_lm_outputs
+    monkeypatch.setattr(prompted, "causal_lm_outputs", lambda *a: run.append(len(a[2])) or original(*a))
+    for c in ("label_words", "vocabulary"):
+        shared = nx.evaluate(model, tok, None, attrs, label_words=WORDS, confidence=c, forward_cache=cache)
+        np.testing.assert_allclose(shared.curves.values, plain[c].curves.values, atol=1e-7)
+    assert len(run) == 1 and run[0] == plain["vocabulary"].meta["forward_inputs"]  # the second call ran nothing
+    other, _ = make_tiny("gpt2", "causal-lm")
+    with pytest.raises(ValueError, match="another model"):
+        nx.evaluate(other, tok, REVIEWS, "random", template=TEMPLATE, label_words=WORDS, forward_cache=cache)

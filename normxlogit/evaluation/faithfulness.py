@@ -86,7 +86,8 @@ from ..models import Task, detect_task
 from .perturbation import (DEFAULT_RATIOS, KINDS, PROTOCOLS, LabelWords, Protocol, Replacement, causal_lm_outputs,
                            classifier_outputs, default_replacement, label_word_ids, perturb, ranked_positions,
                            replaced_positions, replacement_id, top_count)
-from .prompted import Confidence, check_confidence, column_probabilities, lm_explain_options, prompt_template
+from .prompted import (Confidence, cached_lm_outputs, check_confidence, column_probabilities, lm_explain_options,
+                       prompt_template)
 from .results import FaithfulnessResult
 
 MethodOrAttributions = Union[str, Sequence[Attribution]]
@@ -153,6 +154,7 @@ def evaluate(
     label_words: LabelWords | None = None,
     template: str | None = None,
     confidence: Confidence | None = None,
+    forward_cache: dict | None = None,
     seed: int = 0,
     explain_batch_size: int = 32,
     progress: bool | None = None,
@@ -172,7 +174,8 @@ def evaluate(
     probable of them, whose index is then the class (``labels`` index ``label_words``); the confidence is its
     probability over the vocabulary (``confidence="vocabulary"``, the default) or over the label words
     (``"label_words"``), and the attributions explain it (through the label-word head, so ``contrast=True`` works).
-    ``template``: a prompt with ``{}`` where each text goes (:mod:`normxlogit.evaluation.prompted`).
+    ``template``: a prompt with ``{}`` where each text goes (:mod:`normxlogit.evaluation.prompted`). ``forward_cache``:
+    a dict shared between calls on one causal LM, so that inputs already run are not run again.
     ``protocol``: ``clean`` (special tokens never ranked; ``n`` = non-special tokens) or ``paper`` (the authors':
     only the first token excluded; ``n`` counts special tokens).
     ``batch_tokens``: tokens (padding included) per forward pass; default from :data:`BATCH_TOKENS` (2,048 on a CPU,
@@ -266,7 +269,7 @@ def evaluate(
     columns = (label_ids or sorted({int(p) for p in lm_prediction})) if task == "causal-lm" else None
     with lent_pad(model, lend):
         if task == "causal-lm":
-            picked, lse, top = causal_lm_outputs(model, pads, inputs, batch_tokens, columns, progress)
+            picked, lse, top = cached_lm_outputs(model, pads, inputs, batch_tokens, columns, progress, forward_cache)
         else:
             logits = classifier_outputs(model, pads, inputs, batch_tokens, progress)
 

@@ -9,12 +9,15 @@ of the label-word head's C logits).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
+from transformers import PreTrainedModel
 
 from ..core.label_words import LabelWords  # the label-word head, template and read: core
 from ..models import Task
+from .perturbation import causal_lm_outputs
 
 #: How a causal LM's confidence in its prediction is scored.
 CONFIDENCES = ("vocabulary", "label_words")
@@ -64,3 +67,26 @@ def prompt_template(template: str | None, protocol: str, method_or_attributions:
         raise ValueError("protocol='paper' ranks and replaces every token but the first, the template's included; "
                          "use protocol='clean' with a template.")
     return template
+
+
+def cached_lm_outputs(model: PreTrainedModel, pads: dict[str, int], inputs: list[dict[str, np.ndarray]],
+                      batch_tokens: int, columns: Sequence[int], progress: bool | None,
+                      cache: dict | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`~normxlogit.evaluation.perturbation.causal_lm_outputs`, reading inputs already run from ``cache`` (a
+    dict the caller shares between ``evaluate`` calls on one model, e.g. the same attributions scored with both
+    confidences) and running only the others. ``cache=None``: run everything."""
+    if cache is None:
+        return causal_lm_outputs(model, pads, inputs, batch_tokens, columns, progress)
+    if cache.setdefault("model", id(model)) != id(model):
+        raise ValueError("forward_cache holds the outputs of another model; use one cache per model.")
+    store = cache.setdefault(("columns", tuple(int(c) for c in columns)), {})
+    keys = [b"|".join(x[k].tobytes() for k in sorted(x)) for x in inputs]
+    missing = list({k: i for i, k in enumerate(keys) if k not in store}.values())
+    if missing:
+        picked, lse, top = causal_lm_outputs(model, pads, [inputs[i] for i in missing], batch_tokens, columns,
+                                             progress)
+        for j, i in enumerate(missing):
+            store[keys[i]] = (picked[j], lse[j], top[j])
+    values = [store[k] for k in keys]
+    return (np.stack([v[0] for v in values]).reshape(len(keys), len(columns)),
+            np.array([v[1] for v in values], dtype=np.float64), np.array([v[2] for v in values], dtype=np.int64))
