@@ -489,3 +489,40 @@ def test_a_shared_forward_cache_runs_each_input_once(make_tiny, monkeypatch):
     other, _ = make_tiny("gpt2", "causal-lm")
     with pytest.raises(ValueError, match="another model"):
         nx.evaluate(other, tok, REVIEWS, "random", template=TEMPLATE, label_words=WORDS, forward_cache=cache)
+
+
+# --- the chapter-6 study on a tiny model -------------------------------------------------------------------------------
+def test_prompted_classifier_study(make_tiny, tmp_path):
+    from normxlogit.studies.llm_classifiers import LABEL_WORDS, TEMPLATES, prompted_classifier_study
+
+    model, tok = make_tiny("llama", "causal-lm")
+    labels = [1, 0, 0, 1]
+    kwargs = dict(methods=["random", "normxlogit (contrast)", "gradient_norm"], layers=(1,), n_boot=200,
+                  cache=tmp_path)
+    study = prompted_classifier_study(model, tok, REVIEWS, labels, **kwargs)
+    words = list(LABEL_WORDS)
+    for prompt, template in TEMPLATES.items():
+        for confidence in ("label_words", "vocabulary"):
+            direct = nx.evaluate(model, tok, REVIEWS, "normxlogit", template=template, label_words=words,
+                                 labels=labels, confidence=confidence, contrast=True)
+            got = study.results[prompt, "normxlogit (contrast)", confidence]
+            np.testing.assert_allclose(got.curves.values, direct.curves.values, atol=1e-7)
+            assert study.aopc.loc[(prompt, confidence, "normxlogit (contrast)"), "comprehensiveness_cd"] == \
+                pytest.approx(direct.aopc["comprehensiveness_cd"], abs=1e-8)
+        accuracy = np.mean(direct.original_prediction == np.array(labels))
+        assert study.accuracy.loc[prompt, "accuracy"] == pytest.approx(accuracy)
+    layer1 = nx.evaluate(model, tok, REVIEWS, "logat", template=TEMPLATES["zero-shot"], label_words=words,
+                         labels=labels, confidence="label_words", layer=1)
+    row = study.layers.query("method == 'logat' and layer == 1 and confidence == 'label_words'").iloc[0]
+    assert row.comprehensiveness_cd == pytest.approx(layer1.aopc["comprehensiveness_cd"], abs=1e-8)
+    # The diagnostics: the common level of a LogAt row is its mean over the review's tokens.
+    a = nx.explain(model, tok, REVIEWS[2], "logat", template=TEMPLATES["few-shot"], label_words=words)
+    content = a.scores[a.content_mask]
+    diag = study.diagnostics.query("prompt == 'few-shot' and sentence == 2").iloc[0]
+    assert diag.level == pytest.approx(content.mean(), rel=1e-5) and diag.spread == pytest.approx(content.std(),
+                                                                                                  rel=1e-4)
+    assert diag.common_share == pytest.approx(content.mean() ** 2 / np.mean(content ** 2), rel=1e-4)
+    diff = study.versus_random.loc[("zero-shot", "label_words", "gradient_norm", "comprehensiveness_cd")]
+    assert diff["low"] <= diff["minus random"] <= diff["high"]
+    again = prompted_classifier_study(model, tok, REVIEWS, labels, **kwargs)  # read back from the cache
+    assert again.aopc.equals(study.aopc)
