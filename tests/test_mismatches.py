@@ -387,14 +387,14 @@ def test_evaluate_refuses_targets_it_cannot_measure(make_tiny):
     lm, tok = make_tiny("llama", "causal-lm")
     words = ["good", "bad"]
     ids = [tok.convert_tokens_to_ids(w) for w in words]
-    with pytest.raises(ValueError, match=r"explains the token 'film'.*none of the label_words"):
+    # with label_words, target= indexes the label words (the label-word head's classes), not the vocabulary
+    with pytest.raises(ValueError, match=r"target \d+ is out of range: this model has 2 classes"):
         nx.evaluate(lm, tok, ["a gripping film"], "logat", label_words=words,
                     target=[tok.convert_tokens_to_ids("film")])
     # a label word the model did not predict is measured as asked
     chosen = nx.evaluate(lm, tok, ["a gripping film", "dull"], "logat", label_words=words)
     other = [1 - int(p) for p in chosen.original_prediction]
-    flipped = nx.evaluate(lm, tok, ["a gripping film", "dull"], "logat", label_words=words,
-                          target=[ids[k] for k in other])
+    flipped = nx.evaluate(lm, tok, ["a gripping film", "dull"], "logat", label_words=words, target=other)
     assert flipped.target.tolist() == other and flipped.original_prediction.tolist() == \
         chosen.original_prediction.tolist()
     for text, k, p in zip(["a gripping film", "dull"], other, flipped.original):
