@@ -15,7 +15,6 @@ _EXAMPLES = """examples:
   normxlogit explain "a man is playing a flute ." --pair "a man plays the flute ." --model stsb
   normxlogit explain "a gripping film ." --model sst2 --method logat --layer 3 --format json
   normxlogit explain "the keys to the cabinet [MASK] here ." --model blimp --format html -o out.html
-  normxlogit explain "the film was [MASK] ." --model all-MiniLM-L6-v2 --task masked-lm --format html -o out.html
   normxlogit explain "a gripping film ." --model SmolLM2-135M-Instruct --template $'Review: {}\nSentiment:' --label-words " negative" " positive" --contrast
   normxlogit explain-generation "What is the capital of France?" --model SmolLM2-135M-Instruct --chat --format html -o out.html
   normxlogit finetune sst2 stsb
