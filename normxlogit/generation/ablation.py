@@ -13,6 +13,7 @@ before it), and the head is applied only at the G positions that predict the ans
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Sequence
 
@@ -62,6 +63,12 @@ class AnswerScorer:
         self.pads = {"input_ids": int(pad), "attention_mask": 0}
         self.cache: dict[bytes, np.ndarray] = {}
         self.computed = 0
+
+    def fresh(self) -> "AnswerScorer":
+        """The same scorer with nothing remembered (to time a method by the passes it needs itself)."""
+        other = copy.copy(self)
+        other.cache, other.computed = {}, 0
+        return other
 
     @property
     def prompt_length(self) -> int:

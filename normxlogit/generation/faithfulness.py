@@ -125,7 +125,7 @@ def method_scores(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ca
         return rng.random(S), rng.random(P)
     if method == "leave_one_out":
         # A scorer of its own, so that its time counts its S + 1 passes (not rows other methods already ran).
-        own = AnswerScorer(model, tokenizer, scorer.prompt, scorer.answer, batch_tokens=scorer.batch_tokens)
+        own = scorer.fresh()
         drops = own.full() - own.logprobs(keep_without_sources(~np.eye(S, dtype=bool), located.positions, P))
         scorer.cache.update(own.cache)
         return drops, np.where(owner >= 0, drops[owner], 0.0)
