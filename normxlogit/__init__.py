@@ -34,7 +34,9 @@ from .studies.readouts import layer_agreement, layer_readouts
 from .training import pretrained, pretrained_info
 from . import data, evaluation, settings, studies  # noqa: E402  (subpackages as nx.data, nx.evaluation, ...)
 from .corpus import evaluate_dataset, explain_dataset, load_corpus, load_dataset_attributions, to_attributions
-from .generation import GenerationAttribution, GenerationInvariantError, explain_generation, list_generation_methods
+from .generation import (GenerationAttribution, GenerationFaithfulness, GenerationInvariantError, GenerationReport,
+                         evaluate_generation, evaluate_generation_methods, explain_generation,
+                         list_evaluation_methods, list_generation_methods, sentence_spans)
 
 __version__ = "0.1.0"
 
@@ -61,4 +63,7 @@ __all__ = [
     "evaluate_dataset", "explain_dataset", "load_corpus", "load_dataset_attributions", "to_attributions",
     # generations of causal LMs
     "GenerationAttribution", "GenerationInvariantError", "explain_generation", "list_generation_methods",
+    # sources, citations and the faithfulness of generation attributions
+    "GenerationFaithfulness", "GenerationReport", "evaluate_generation", "evaluate_generation_methods",
+    "list_evaluation_methods", "sentence_spans",
 ]

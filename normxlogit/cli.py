@@ -17,6 +17,7 @@ _EXAMPLES = """examples:
   normxlogit explain "the keys to the cabinet [MASK] here ." --model blimp --format html -o out.html
   normxlogit explain "a gripping film ." --model SmolLM2-135M-Instruct --template $'Review: {}\nSentiment:' --label-words " negative" " positive" --contrast
   normxlogit explain-generation "What is the capital of France?" --model SmolLM2-135M-Instruct --chat --format html -o out.html
+  normxlogit cite --context notes.txt --question "Who wrote the letter?" --model SmolLM2-135M-Instruct --format html -o cite.html
   normxlogit finetune sst2 stsb
   normxlogit methods
   normxlogit student-notebooks book/ students/
@@ -76,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     student.add_arguments(st)
     from .generation import add_cli_parser as add_generation_parser
 
-    add_generation_parser(sub)  # explain-generation
+    add_generation_parser(sub)  # explain-generation and cite
     return parser
 
 
@@ -181,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "explain":
             return _explain(args)
-        if args.command == "explain-generation":
+        if args.command in ("explain-generation", "cite"):
             from .generation import run_cli as run_generation
 
             return run_generation(args)

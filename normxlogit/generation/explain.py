@@ -29,6 +29,7 @@ from .reading import gathered_logits, model_logits
 from .registry import (NORM_SOURCES, GenerationBatch, GenerationMethod, check_options, get_generation_method,
                        register_generation_method)
 from .result import GenerationAttribution
+from .sources import Sources, attach_sources, locate_sources
 
 __all__ = ["INVARIANT_TOLERANCE", "GenerationInvariantError", "explain_generation", "generation_logat",
            "generation_norms", "invariant_gap"]
@@ -123,6 +124,7 @@ def explain_generation(
     layer: int = -1,
     norm_source: str = "embedding_output",
     head: Callable[[Tensor], Tensor] | None = None,
+    sources: Sources | None = None,
     **options: Any,
 ) -> GenerationAttribution:
     """Attribute every generated token of a causal LM to every earlier token.
@@ -137,6 +139,9 @@ def explain_generation(
     ``batch_tokens`` for the memory of the baselines). Every call checks that the head read on the position before
     each generated token reproduces the model's own logit (:class:`GenerationInvariantError` if not). Inputs go to
     the input embedding's device (``device_map`` models included); results are numpy arrays on the CPU.
+    ``sources``: ``"sentences"``, strings found in the prompt or (start, end) character spans of it (the user's
+    message with ``chat=True``); the result then has ``sources``, ``source_scores`` (token scores summed over each
+    source's tokens, :mod:`normxlogit.generation.sources`) and :meth:`~GenerationAttribution.cite`.
     """
     spec = get_generation_method(method)
     check_options(spec, options)
@@ -147,6 +152,8 @@ def explain_generation(
     if continuation is None and (not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1):
         raise ValueError(f"max_new_tokens must be an int of at least 1, got {max_new_tokens!r}.")
     source = prompt_ids(tokenizer, prompt, chat=chat, system_prompt=system_prompt)
+    located = None if sources is None else locate_sources(tokenizer, prompt, sources, source, chat=chat,
+                                                          system_prompt=system_prompt)
     resolved_head = resolve_head(model, "causal-lm", head)
     device = model_device(model)
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -180,7 +187,8 @@ def explain_generation(
         with torch.enable_grad() if spec.needs_grad else torch.no_grad():
             scores = spec.fn(batch, **options).detach().float().cpu()
     scores = scores.masked_fill(~batch.valid(), float("nan")).numpy()
-    return build_result(batch, scores, spec, prompt, gap, chat=chat, options=options, generated=continuation is None)
+    result = build_result(batch, scores, spec, prompt, gap, chat=chat, options=options, generated=continuation is None)
+    return result if located is None else attach_sources(result, located, tokenizer)
 
 
 def token_pieces(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[str]:
