@@ -187,6 +187,7 @@ def attribute_sequence(
     """
     spec = get_generation_method(method)
     check_options(spec, options)
+    check_causal_lm(model)
     if norm_source not in NORM_SOURCES:
         raise ValueError(f"norm_source must be one of {', '.join(NORM_SOURCES)}, not {norm_source!r}.")
     ids = [int(i) for i in ids]
