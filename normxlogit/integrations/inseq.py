@@ -28,7 +28,7 @@ from . import require
 require("inseq", "inseq", hint=" (on a CPU, see the README: install torch's CPU wheel first)")
 
 from inseq.attr.feat.internals_attribution import InternalsAttributionRegistry  # noqa: E402
-from inseq.data import FeatureAttributionStepOutput  # noqa: E402
+from inseq.data import CoarseFeatureAttributionStepOutput  # noqa: E402
 from inseq.utils.typing import InseqAttribution  # noqa: E402
 
 __all__ = ["LogAtInseqAttribution", "NormInseqAttribution", "NormXLogitInseqAttribution", "inseq_scores"]
@@ -39,9 +39,10 @@ class _OnePass(InseqAttribution):
 
     method = "normxlogit"
 
-    def __init__(self, forward_func: Any, method: str) -> None:
+    def __init__(self, forward_func: Any, method: str, options: dict[str, Any]) -> None:
         super().__init__(forward_func)
         self.method = method
+        self.options = options  # given to inseq.load_model; model.attribute(..., layer=...) overrides them
         self.prompt_length: int | None = None  # set by the registry class before each run (inseq's attr_pos_start)
 
     @staticmethod
@@ -52,13 +53,15 @@ class _OnePass(InseqAttribution):
         self,
         inputs: Any,  # noqa: ARG002 - captum's signature; the ids come in additional_forward_args
         additional_forward_args: tuple,
-        layer: int = -1,
-        norm_source: str = "embedding_output",
+        layer: int | None = None,
+        norm_source: str | None = None,
         head: Any = None,
-    ) -> FeatureAttributionStepOutput:
+    ) -> CoarseFeatureAttributionStepOutput:
         """Scores (B, L, L) for the L prefix positions of inseq's last step: ``[b, i, p - 1]`` is source ``i``'s
         score for the token at position ``p`` (inseq's layout; NaN where ``i`` is not before ``p``)."""
         input_ids, target_ids, _, attention_mask = additional_forward_args[:4]
+        given = {"layer": layer, "norm_source": norm_source, "head": head}
+        options = {**self.options, **{k: v for k, v in given.items() if v is not None}}
         wrapper = self.forward_func
         if wrapper.is_encoder_decoder:
             raise ValueError(f"The {self.method!r} method attributes decoder-only (causal) LMs; this inseq model is "
@@ -76,10 +79,10 @@ class _OnePass(InseqAttribution):
             ids = input_ids[b, front:].tolist() + [int(targets[b])]
             prompt = max(1, min(start - front, len(ids) - 1))
             _, scores, _ = attribute_sequence(wrapper.model, wrapper.tokenizer, ids, prompt, method=self.method,
-                                              layer=layer, norm_source=norm_source, head=head)
+                                              **options)
             steps = torch.arange(prompt, len(ids)) - 1 + front  # the column of each attributed token
             grid[b, front:, steps] = torch.from_numpy(scores).T[: length - front]
-        return FeatureAttributionStepOutput(source_attributions=None, target_attributions=grid)
+        return CoarseFeatureAttributionStepOutput(source_attributions=None, target_attributions=grid)
 
 
 class NormXLogitInseqAttribution(InternalsAttributionRegistry):
@@ -91,11 +94,13 @@ class NormXLogitInseqAttribution(InternalsAttributionRegistry):
 
     method_name = "normxlogit"
 
-    def __init__(self, attribution_model: Any, **kwargs: Any) -> None:  # noqa: ARG002 - inseq's loader signature
+    def __init__(self, attribution_model: Any, layer: int = -1, norm_source: str = "embedding_output",
+                 head: Any = None) -> None:
         super().__init__(attribution_model)
         self.use_predicted_target = False  # reads the sequence, not a gradient of an attributed function
         self.is_final_step_method = True  # one call for the whole generation
-        self.method = _OnePass(attribution_model, self.method_name)
+        options = {"layer": layer, "norm_source": norm_source, "head": head}
+        self.method = _OnePass(attribution_model, self.method_name, options)
 
     def attribute(self, batch: Any, attributed_fn: Any, attr_pos_start: int | None = None, *args: Any,
                   **kwargs: Any) -> Any:
@@ -103,7 +108,7 @@ class NormXLogitInseqAttribution(InternalsAttributionRegistry):
         return super().attribute(batch, attributed_fn, attr_pos_start, *args, **kwargs)
 
     def attribute_step(self, attribute_fn_main_args: dict[str, Any],
-                       attribution_args: dict[str, Any]) -> FeatureAttributionStepOutput:
+                       attribution_args: dict[str, Any]) -> CoarseFeatureAttributionStepOutput:
         return self.method.attribute(**attribute_fn_main_args, **attribution_args)
 
 
