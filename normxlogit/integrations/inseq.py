@@ -37,8 +37,6 @@ __all__ = ["LogAtInseqAttribution", "NormInseqAttribution", "NormXLogitInseqAttr
 class _OnePass(InseqAttribution):
     """The captum-style ``attribute`` inseq calls on the final step: the (batch, source, step) score grid."""
 
-    method = "normxlogit"
-
     def __init__(self, forward_func: Any, method: str, options: dict[str, Any]) -> None:
         super().__init__(forward_func)
         self.method = method
