@@ -47,7 +47,7 @@ from ferret import BaseExplainer  # noqa: E402
 from ferret.explainers.explanation import Explanation  # noqa: E402
 
 __all__ = ["FERRET_THRESHOLDS", "LogAtExplainer", "NormExplainer", "NormXLogitExplainer", "ferret_aopc",
-           "positive_ranks"]
+           "positive_ranks", "round_trips"]
 
 #: ferret's default removal thresholds (``removal_args["thresholds"]``), the floats it computes them as.
 FERRET_THRESHOLDS: tuple[float, ...] = tuple(float(t) for t in np.arange(0.1, 1.1, 0.1))
@@ -105,6 +105,22 @@ def positive_ranks(explanation: Explanation) -> Explanation:
     ranks = np.empty(len(scores))
     ranks[order] = np.arange(len(scores), 0, -1, dtype=np.float64)
     return Explanation(explanation.text, explanation.tokens, ranks, explanation.explainer, explanation.target)
+
+
+def round_trips(tokenizer: PreTrainedTokenizerBase, explanation: Explanation) -> bool:
+    """Whether every input ferret's AOPC builds for ``explanation`` (delete the top ``k`` tokens / keep only them, at
+    each of its thresholds) tokenises back, through ferret's decode-and-retokenise, to the ids nx perturbs directly.
+    Where it does, ferret's numbers and :func:`ferret_aopc`'s agree (difference 4 of the module's notes)."""
+    ids = tokenizer(explanation.text, truncation=True)["input_ids"]
+    content = ids[1:-1]
+    order = np.argsort(-np.nan_to_num(np.asarray(explanation.scores, dtype=np.float64)[1:-1], nan=-np.inf),
+                       kind="stable")
+    for k in {int(t * len(content)) for t in FERRET_THRESHOLDS} - {0}:
+        top = set(order[:k].tolist())
+        for kept in ([i for j, i in enumerate(content) if j not in top], [i for j, i in enumerate(content) if j in top]):
+            if tokenizer(tokenizer.decode(kept), truncation=True)["input_ids"] != [ids[0], *kept, ids[-1]]:
+                return False
+    return True
 
 
 def _ferret_kept(n: int, thresholds: tuple[float, ...]) -> list[int]:
