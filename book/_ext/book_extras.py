@@ -6,12 +6,17 @@
 - Each page's inline scripts once: with jupyter-book 1.0.4 the configuration scripts of sphinx-thebe and
   sphinx-togglebutton are added twice, and the second ``const THEBE_JS_URL = ...`` is a JavaScript SyntaxError in
   every page's console.
+- Figures keep their aspect ratio: myst-nb passes a retina PNG's display size (its ``width`` and ``height``
+  metadata) to the image as an inline ``style="width: 740px; height: 711px"``. The inline height wins over the
+  stylesheet's ``height: auto``, so a figure wider than the column was squashed; the height is dropped here and the
+  browser derives it from the width (``custom.css`` adds ``height: auto !important`` for images built elsewhere).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
+from docutils import nodes
 from pybtex.plugin import register_plugin
 from pybtex.style.formatting.plain import Style as PlainStyle
 from pybtex.style.labels import BaseLabelStyle
@@ -70,6 +75,13 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree):
     scripts[:] = unique
 
 
+def _keep_aspect_ratio(app, doctree, docname):
+    for image in doctree.findall(nodes.image):
+        if image.get("width") and image.get("height"):
+            del image["height"]
+
+
 def setup(app):
     app.connect("html-page-context", _dedupe_scripts)
+    app.connect("doctree-resolved", _keep_aspect_ratio)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
