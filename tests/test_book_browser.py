@@ -10,6 +10,11 @@ a temporary folder, serves it over HTTP on localhost and opens every page of ``_
   raw ``$...$``, ``\\(``, ``\\[`` left in the text outside code;
 - nothing wider than the viewport: no element sticks out past the right edge unless it sits inside a container
   that scrolls or clips it (a wide table in a scrolling cell output is fine).
+- every figure at its natural aspect ratio (displayed width/height within 2%);
+- no table cell whose text wraps inside a number or a word (``0.24`` / ``5``);
+- no heading in a cell's HTML output that outranks the section around it or is set larger than 1.2x the text;
+- no content hidden sideways in a scroller without a scroll cue of its own (the edge shadows of ``custom.css``);
+- solution cells fold their code and their output; exercises on a chapter's page are numbered within the chapter.
 
 Without Chromium, chromedriver or selenium the browser tests skip and say how to install them (CI installs them in
 .ci/run). The build itself is checked too: no Sphinx warnings.
@@ -238,7 +243,7 @@ const broken = [];
 const word = /(?<![\p{L}\p{N}])[-−]?[\p{L}\p{N}]+(?:[.,'’][\p{L}\p{N}]+)*/gu;
 for (const cell of document.querySelectorAll('.bd-article td, .bd-article th')) {
   const cs = getComputedStyle(cell);
-  if (cs.display === 'none' || cs.visibility === 'hidden' || cell.getClientRects().length === 0) continue;
+  if (!cell.checkVisibility()) continue;  // inside a folded solution or a closed <details>
   const texts = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
   let found = null;
   for (let n = texts.nextNode(); n && !found; n = texts.nextNode()) {
@@ -281,19 +286,20 @@ for (const el of document.querySelectorAll('.bd-article *')) {
   const cs = getComputedStyle(el);
   if (cs.display === 'none' || cs.visibility === 'hidden' || cs.display === 'inline') continue;
   if (cs.overflowX === 'visible') continue;  // overflow that is not cut is checked by `wide` above
-  if (el.closest('.toggle-hidden, details:not([open]) > :not(summary)')) continue;
+  if (!el.checkVisibility()) continue;
   if (el.matches('mjx-container *, .nxg-tok, .sd-tab-set *')) continue;
   // How far the visible content reaches past the box (MathJax's screen-reader copy is clipped on purpose).
   const edge = el.getBoundingClientRect().left + el.clientLeft + el.clientWidth;
   let reach = 0;
   for (const d of el.querySelectorAll('*')) {
-    if (d.closest('mjx-assistive-mml')) continue;
+    if (d.closest('mjx-assistive-mml') || !d.checkVisibility()) continue;
     const q = d.getBoundingClientRect();
     if (q.width > 0 && q.height > 0) reach = Math.max(reach, q.right - edge);
   }
   const inner = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
   for (let n = inner.nextNode(); n; n = inner.nextNode()) {
-    if (!n.textContent.trim() || n.parentElement.closest('mjx-assistive-mml')) continue;
+    if (!n.textContent.trim() || n.parentElement.closest('mjx-assistive-mml') || !n.parentElement.checkVisibility())
+      continue;
     const range = document.createRange();
     range.selectNodeContents(n);
     for (const q of range.getClientRects()) if (q.width > 0) reach = Math.max(reach, q.right - edge);
@@ -305,8 +311,14 @@ for (const el of document.querySelectorAll('.bd-article *')) {
     hiddenOverflow.push(`${describe(el)}: ${Math.round(reach)} px hidden sideways ` +
                         `(overflow-x: ${cs.overflowX}${scrolls ? ', no scroll cue' : ', cannot be scrolled'})`);
 }
+// A solution shows nothing, neither its code nor its output, until the reader opens it.
+const solutionsShown = Array.from(document.querySelectorAll('.cell.tag_solution'))
+    .filter(c => Array.from(c.querySelectorAll('.cell_input, .cell_output')).some(e => e.checkVisibility()))
+    .map(c => describe(c));
+const exerciseTitles = Array.from(document.querySelectorAll('.exercise .admonition-title'))
+    .map(t => t.textContent.trim().slice(0, 60));
 return {
-  squashed, broken, outranking, hiddenOverflow,
+  squashed, broken, outranking, hiddenOverflow, solutionsShown, exerciseTitles,
   innerWidth: window.innerWidth, clientWidth: vw, scrollWidth: document.documentElement.scrollWidth,
   wide, maths: maths.length, mjx: document.querySelectorAll('mjx-container').length, unrendered, texErrors, raw,
   images, nimages: document.images.length,
@@ -346,4 +358,9 @@ def test_page_in_the_browser(browser, server, page, width):
     problems += [f"table cell wraps inside a word: {b}" for b in report["broken"]]
     problems += [f"output heading outranks the page's: {h}" for h in report["outranking"]]
     problems += [f"hidden horizontal overflow: {h}" for h in report["hiddenOverflow"]]
+    problems += [f"a solution cell shows its code or output before it is opened: {c}" for c in report["solutionsShown"]]
+    if (number := re.match(r"book/(\d\d)_", page)) and report["exerciseTitles"]:
+        chapter = int(number.group(1))  # exercises are numbered per chapter: "Exercise 4.2"
+        problems += [f"exercise not numbered within chapter {chapter}: {t!r}" for t in report["exerciseTitles"]
+                     if not re.match(rf"Exercise {chapter}\.\d+\b", t)]
     assert not problems, f"{page} at {width} px:\n" + "\n".join(problems)

@@ -10,6 +10,8 @@
   metadata) to the image as an inline ``style="width: 740px; height: 711px"``. The inline height wins over the
   stylesheet's ``height: auto``, so a figure wider than the column was squashed; the height is dropped here and the
   browser derives it from the width (``custom.css`` adds ``height: auto !important`` for images built elsewhere).
+- A code cell tagged ``solution`` folds as a whole, its output with its code, behind one "Show the solution"
+  toggle: with ``hide-input`` alone myst-nb folds the code and prints the answer right under the exercise.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from collections import Counter
 
 from docutils import nodes
+from sphinx.transforms.post_transforms import SphinxPostTransform
 from pybtex.plugin import register_plugin
 from pybtex.style.formatting.plain import Style as PlainStyle
 from pybtex.style.labels import BaseLabelStyle
@@ -81,7 +84,23 @@ def _keep_aspect_ratio(app, doctree, docname):
             del image["height"]
 
 
+class FoldSolutionCells(SphinxPostTransform):
+    """Give solution cells myst-nb's "hide-cell" mode before its HideInputCells (priority 199) wraps them."""
+
+    default_priority = 198
+    formats = ("html",)
+
+    def run(self, **kwargs) -> None:
+        for node in self.document.findall(nodes.container):
+            tags = (node.get("cell_metadata") or {}).get("tags") or []
+            if node.get("nb_element") == "cell_code" and "solution" in tags:
+                node["hide_mode"] = "all"
+                node["prompt_show"] = "Show the solution"
+                node["prompt_hide"] = "Hide the solution"
+
+
 def setup(app):
+    app.add_post_transform(FoldSolutionCells)
     app.connect("html-page-context", _dedupe_scripts)
     app.connect("doctree-resolved", _keep_aspect_ratio)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
