@@ -28,7 +28,7 @@ from .evaluation.faithfulness import evaluate, evaluate_methods
 from .evaluation.results import FaithfulnessResult, aopc_table
 from .methods.occlusion import occlude
 from .models import DEFAULT_MODEL, ModelLoadError, default_model_path, load_model
-from .settings import cache_dir, pick, profile
+from .settings import cache_dir, pick, profile, resource
 from .studies.readouts import layer_agreement, layer_readouts
 from .training import pretrained, pretrained_info
 from . import data, evaluation, settings, studies  # noqa: E402  (subpackages as nx.data, nx.evaluation, ...)
@@ -40,7 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Attribution", "Batch", "DEFAULT_MODEL", "HEADS", "HeadSpec", "ModelLoadError", "UnsupportedModelError",
     "cache_dir", "default_model_path", "explain", "get_method", "list_architectures", "list_methods",
-    "load_attributions", "load_model", "methods", "pick", "profile", "register_method", "resolve_head",
+    "load_attributions", "load_model", "methods", "pick", "profile", "register_method", "resolve_head", "resource",
     "save_attributions",
     # faithfulness
     "FaithfulnessResult", "aopc_table", "evaluate", "evaluate_methods",
