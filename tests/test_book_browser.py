@@ -98,6 +98,25 @@ def test_every_toc_page_is_built(built_book):
     assert not missing
 
 
+def test_the_teachers_downloads_are_built_and_linked(built_book):
+    # Student copies and the teaching kit are written at build time from the chapters (book/_ext/book_extras.py).
+    import json
+
+    html, _ = built_book
+    page = (html / "book" / "teachers.html").read_text()
+    links = re.findall(r'href="\.\./(_static/downloads/[^"]+)"', page)
+    missing = [link for link in links if not (html / link).is_file()]
+    assert links and not missing, missing
+    chapters = [Path(p).name for p in toc_pages() if re.match(r"book/\d\d_", p)]
+    for name in chapters:
+        assert f"_static/downloads/students/{name}.ipynb" in links, f"no student copy of {name} on the teachers' page"
+        copy = json.loads((html / "_static/downloads/students" / f"{name}.ipynb").read_text())
+        assert copy["metadata"]["normxlogit"]["student_copy"]
+        assert not any(c.get("outputs") for c in copy["cells"]), f"{name}: a student copy keeps no outputs"
+        assert "BEGIN SOLUTION" not in json.dumps(copy), f"{name}: a solution left in the student copy"
+        assert f"_static/downloads/teaching/{name}/slides.md" in links
+
+
 def test_the_repository_url_is_the_same_everywhere():
     # Publishing means setting repository.url in _config.yml; the citation and the Colab instructions repeat it.
     config = yaml.safe_load((ROOT / "_config.yml").read_text())

@@ -10,13 +10,20 @@
   metadata) to the image as an inline ``style="width: 740px; height: 711px"``. The inline height wins over the
   stylesheet's ``height: auto``, so a figure wider than the column was squashed; the height is dropped here and the
   browser derives it from the width (``custom.css`` adds ``height: auto !important`` for images built elsewhere).
+- Downloads for teachers (linked from book/teachers.md): at the end of each build, the student copies of the
+  chapters (``normxlogit.student``: solutions and outputs removed) and the teaching kit (``normxlogit.teaching``:
+  slides, a 90-minute timeline per chapter, the three-star rubric) are written from the chapters into
+  ``_static/downloads/``, one file each and as two zip archives, so they always match the pages.
 - A code cell tagged ``solution`` folds as a whole, its output with its code, behind one "Show the solution"
   toggle: with ``hide-input`` alone myst-nb folds the code and prints the answer right under the exercise.
 """
 
 from __future__ import annotations
 
+import shutil
+import sys
 from collections import Counter
+from pathlib import Path
 
 from docutils import nodes
 from sphinx.transforms.post_transforms import SphinxPostTransform
@@ -99,7 +106,30 @@ class FoldSolutionCells(SphinxPostTransform):
                 node["prompt_hide"] = "Hide the solution"
 
 
+ROOT = Path(__file__).resolve().parents[2]
+DOWNLOADS = "_static/downloads"
+
+
+def _write_downloads(app, exception) -> None:
+    if exception is not None or app.builder.format != "html":
+        return
+    if str(ROOT) not in sys.path:  # building from a checkout without the package installed
+        sys.path.insert(0, str(ROOT))
+    from normxlogit.student import write_student_notebooks
+    from normxlogit.teaching import write_kit
+
+    out = Path(app.outdir) / DOWNLOADS
+    shutil.rmtree(out, ignore_errors=True)
+    chapters = sorted((ROOT / "book").glob("[0-9]*.ipynb"))
+    for chapter in chapters:
+        write_student_notebooks(chapter, out / "students")
+    write_kit(ROOT / "book", out / "teaching")
+    for name in ("students", "teaching"):
+        shutil.make_archive(str(out / name), "zip", out, name)
+
+
 def setup(app):
+    app.connect("build-finished", _write_downloads)
     app.add_post_transform(FoldSolutionCells)
     app.connect("html-page-context", _dedupe_scripts)
     app.connect("doctree-resolved", _keep_aspect_ratio)
