@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Measured on a shared 2-core CPU (book/teachers.md, "How long each chapter takes").
-TYPICAL_TRAINING = {"sst2": "4-5 min", "stsb": "about 5 min", "blimp": "1-9 min"}
+TYPICAL_TRAINING = {"sst2": "4-5 min", "stsb": "about 5 min", "blimp": "about 9 min"}
 
 
 def models_the_notebooks_load(paths) -> list[str]:
