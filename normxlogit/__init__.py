@@ -29,7 +29,7 @@ from .evaluation.faithfulness import evaluate, evaluate_methods
 from .evaluation.results import FaithfulnessResult, aopc_table
 from .methods.occlusion import occlude
 from .models import DEFAULT_MODEL, ModelLoadError, UntrainedHeadError, default_model_path, load_model
-from .settings import cache_dir, pick, profile
+from .settings import cache_dir, pick, profile, resource
 from .studies.readouts import layer_agreement, layer_readouts
 from .training import pretrained, pretrained_info
 from . import data, evaluation, settings, studies  # noqa: E402  (subpackages as nx.data, nx.evaluation, ...)
@@ -44,7 +44,7 @@ __all__ = [
     "Attribution", "Batch", "DEFAULT_MODEL", "HEADS", "HeadSpec", "ModelLoadError", "UnsupportedModelError",
     "UntrainedHeadError",
     "cache_dir", "default_model_path", "explain", "get_method", "list_architectures", "list_methods",
-    "load_attributions", "load_model", "methods", "pick", "profile", "register_method", "resolve_head",
+    "load_attributions", "load_model", "methods", "pick", "profile", "register_method", "resolve_head", "resource",
     "save_attributions",
     # prompted causal LMs as classifiers (template=, label_words= in explain and evaluate)
     "LabelWordHead", "chat_template",

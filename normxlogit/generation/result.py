@@ -271,7 +271,8 @@ class GenerationAttribution:
 
         Colours are scaled per generated token (row), since logit scales differ between steps. Pure HTML and CSS:
         it renders in notebooks, in the built book and in a saved file; tokens wrap on narrow screens and the
-        matrix scrolls sideways.
+        matrix scrolls sideways, with a shadow on each edge that hides columns. Its labels are bold text, not
+        headings, so they never outrank the page around it.
         """
         open_step = None if step is None else self._step(step)
         legend = ("red = raises the generated token's score, blue = lowers it" if self.signed
@@ -300,10 +301,12 @@ class GenerationAttribution:
         style = (
             "<style>.nxg{font-family:sans-serif;max-width:100%}.nxg-text{line-height:2em;overflow-wrap:anywhere;"
             "margin:0.3em 0 0.6em}.nxg-tok{white-space:pre;display:inline-block;max-width:100%;overflow:hidden;"
-            "padding:0 2px;margin:1px;border-radius:3px;font-family:monospace;line-height:1.6em}.nxg-matrix{overflow-x:auto;max-width:100%;"
-            "background:linear-gradient(to right,#fff 30%,#fff0) left/3em 100% no-repeat local,linear-gradient(to left,#fff 30%,"
-            "#fff0) right/3em 100% no-repeat local,radial-gradient(farthest-side at 0 50%,#0003,#0000) left/1em 100% "
-            "no-repeat scroll,radial-gradient(farthest-side at 100% 50%,#0003,#0000) right/1em 100% no-repeat scroll}.nxg table{border-collapse:collapse;"
+            "padding:0 2px;margin:1px;border-radius:3px;font-family:monospace;line-height:1.6em}.nxg-label{margin:0.6em 0 0.2em}"
+            # The matrix scrolls sideways; edge shadows (covered at the ends reached) show that it does.
+            ".nxg-matrix{overflow-x:auto;max-width:100%;background:linear-gradient(to right,#fff 40%,#fff0) left/2em 100%"
+            " no-repeat local,linear-gradient(to left,#fff 40%,#fff0) right/2em 100% no-repeat local,radial-gradient("
+            "farthest-side at 0 50%,#0004,#0000) left/0.8em 100% no-repeat scroll,radial-gradient(farthest-side at 100%"
+            " 50%,#0004,#0000) right/0.8em 100% no-repeat scroll}.nxg table{border-collapse:collapse;"
             "font-size:0.75em}.nxg td{min-width:1.1em;height:1.1em;padding:0;border:1px solid #fff}"
             ".nxg-col{vertical-align:bottom;padding:0 1px}.nxg-col div{writing-mode:vertical-rl;transform:rotate(180deg);"
             "white-space:pre;font-family:monospace;font-weight:normal;max-height:10em;overflow:hidden;padding:2px 0}"
@@ -316,8 +319,9 @@ class GenerationAttribution:
             f"<div><b>Prompt</b> ({self.prompt_length} tokens) <b>→ generated</b>: "
             f"{html.escape(self.generated_text)}</div>"
             + ("" if self.sources is None else citation_html(self) + source_matrix_html(self)) +
-            f"<h4 style='margin:0.6em 0 0.2em'>Per generated token</h4>{''.join(steps)}"
-            f"<h4 style='margin:0.6em 0 0.2em'>All steps (rows: generated tokens, columns: source tokens)</h4>"
+            f'<div class="nxg-label"><strong>Per generated token</strong></div>{"".join(steps)}'
+            f'<div class="nxg-label"><strong>All steps</strong> (rows: generated tokens, columns: source tokens; '
+            f"scroll sideways for the rest)</div>"
             f'<div class="nxg-matrix"><table><tr><th></th>{header}</tr>{"".join(body)}</table></div></div>'
         )
 

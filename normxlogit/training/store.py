@@ -35,6 +35,11 @@ def cached_path(name: str) -> Path:
     return settings.cache_dir() / f"{name}-{recipe_hash(get_recipe(name))}"
 
 
+def is_cached(name: str) -> bool:
+    """Whether the model of recipe ``name`` is already trained and cached (``pretrained(name)`` will not train)."""
+    return _is_complete(cached_path(name))
+
+
 def _is_complete(path: Path) -> bool:
     # The metadata file is written last, and the folder only appears by an atomic rename, so this suffices.
     return (path / METADATA_FILE).is_file()
