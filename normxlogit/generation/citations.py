@@ -132,7 +132,7 @@ def citation_html(result: Any, unit: str = "word", top: int = 3) -> str:
              f"font-family:monospace}}#{uid} .nxc-help{{font-size:0.85em;color:#555}}"
              + "".join(rules) + f"#{uid}:has(#{uid}-ans label:hover) .nxc-src li{{background:none}}"
              + "".join(hover) + "</style>")
-    return (f'<div id="{uid}" class="nxc">{style}<h4 style="margin:0.6em 0 0.2em">Citations</h4>'
+    return (f'<div id="{uid}" class="nxc">{style}<div style="margin:0.6em 0 0.2em"><strong>Citations</strong></div>'
             f'<div class="nxc-help">Click or hover a part of the answer: its top {top} sources light up (darkest '
             f"first). Bars: each source's score for the whole answer ({html.escape(result.method)}, summed over the "
             f"source's tokens).</div>{''.join(radios)}"
@@ -157,7 +157,8 @@ def source_matrix_html(result: Any) -> str:
         rows.append(f'<tr><th class="nxc-row">{t}: {html.escape(token.replace(chr(10), "⏎"))}</th>{"".join(cells)}</tr>')
     cue = ('<div class="nxc-help" style="font-size:0.8em;color:#555">scroll sideways for more sources →</div>'
            if len(result.sources) > 8 else "")
-    return (f"<h4 style='margin:0.6em 0 0.2em'>Source scores (rows: generated tokens, columns: sources)</h4>{cue}"
+    return (f"<div style='margin:0.6em 0 0.2em'><strong>Source scores</strong> (rows: generated tokens, columns: "
+            f"sources)</div>{cue}"
             f'<div class="nxc-matrix" style="overflow-x:auto;max-width:100%;{SCROLL_CUE}"><table style="border-'
             f'collapse:collapse;font-size:0.75em"><tr><th></th>{header}</tr>{"".join(rows)}</table></div>'
             "<style>.nxc-matrix td{min-width:1.6em;height:1.1em;padding:0;border:1px solid #fff}.nxc-matrix th{"
