@@ -4,6 +4,8 @@
   ``../shared/data``, then the Hub)
 - :mod:`.blimp`: cue annotation rules for BLiMP's agreement paradigms
 - :mod:`.evidence`: the annotated pairs as masked-LM input (``build_dataset``, ``split_halves``, ``evidence_data``)
+- :mod:`.context_suites`: generated context tasks for attributing a generation to its sources (``make_suite``,
+  ``TASKS``, ``USABLE_TASKS``; planted-evidence cases record the source the answer depends on)
 """
 
 from .benchmarks import (BLIMP_PAPER_PARADIGMS, DataNotFoundError, data_dirs, list_blimp_paradigms, load_blimp,
