@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..data.benchmarks import BLIMP_PAPER_PARADIGMS, load_sst2, load_stsb
 from ..data.evidence import load_split
+from .decoder import DECODER_BASE, train_decoder_sequence
 from .masked_pairs import evaluate_blimp_mlm, train_blimp_mlm
 from .recipes import Named, Recipe, register_recipe
 
@@ -77,3 +78,51 @@ BLIMP_RECIPE = Recipe(
     },
 )
 register_recipe("blimp", BLIMP_RECIPE)
+
+# --- SmolLM2-135M-Instruct as a sequence classifier and regressor (a decoder fine-tuned like the paper's LLaMA-2) ---
+# LlamaForSequenceClassification: ``score`` on every position, pooled at the last non-pad token; the recipes pad with
+# ``<|endoftext|>`` on the right (see training/decoder.py). What is trained was chosen by bench/decoder_finetune.py
+# (figures in DECODER_CHOICE below): the top blocks, the final norm and the head, on one pass over the data.
+DECODER_TRAIN = Named("normxlogit.training.decoder.train_decoder_sequence", train_decoder_sequence)
+
+register_recipe(
+    "sst2-smollm2",
+    Recipe(
+        task="classification",
+        num_labels=2,
+        label_names=("negative", "positive"),
+        load_data=Named("normxlogit.data.load_sst2", load_sst2),
+        text_columns=("sentence",),
+        label_column="label",
+        metric="accuracy",
+        base_model=DECODER_BASE,
+        epochs=1.0,
+        lr=1e-4,
+        batch_size=16,
+        max_length=64,
+        train_size=4000,
+        train_fn=DECODER_TRAIN,
+        options={"trainable": "top8"},
+    ),
+)
+
+register_recipe(
+    "stsb-smollm2",
+    Recipe(
+        task="regression",
+        num_labels=1,
+        load_data=Named("normxlogit.data.load_stsb", load_stsb),
+        text_columns=("sentence1", "sentence2"),
+        label_column="score",
+        metric="pearson",
+        base_model=DECODER_BASE,
+        epochs=1.0,
+        lr=1e-4,
+        batch_size=16,
+        max_length=128,
+        train_size=3000,
+        label_scale=5.0,
+        train_fn=DECODER_TRAIN,
+        options={"trainable": "top8", "add_bos_token": True},  # <|im_start|> A <|im_start|> B, as LLaMA-2's pairs
+    ),
+)
