@@ -54,9 +54,9 @@ def prepare_decoder_tokenizer(
             raise ValueError(f"{type(tokenizer).__name__} has no add_bos_token switch; leave add_bos_token unset.")
         tokenizer.add_bos_token = add_bos_token  # a Llama fast tokenizer rebuilds its post-processor here
     model.config.pad_token_id = tokenizer.pad_token_id
-    probe = tokenizer(["a text.", "Hello world"], add_special_tokens=True)["input_ids"]
-    if any(row and row[-1] == tokenizer.pad_token_id for row in probe):  # pragma: no cover - defensive
-        raise ValueError(f"The tokenizer ends texts with its pad token {pad!r}; the classifier could not pool them.")
+    added = set(tokenizer("a text")["input_ids"]) - set(tokenizer("a text", add_special_tokens=False)["input_ids"])
+    if tokenizer.pad_token_id in added:  # pragma: no cover - a tokenizer that adds the pad to every text
+        raise ValueError(f"The tokenizer adds its pad token {pad!r} to every text; the classifier could not pool it.")
     return pad
 
 

@@ -120,7 +120,7 @@ register_recipe(
         lr=1e-4,
         batch_size=16,
         max_length=128,
-        train_size=3000,
+        train_size=2000,
         label_scale=5.0,
         train_fn=DECODER_TRAIN,
         options={"trainable": "top8", "add_bos_token": True},  # <|im_start|> A <|im_start|> B, as LLaMA-2's pairs
