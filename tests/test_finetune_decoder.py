@@ -105,6 +105,7 @@ def test_apply_trainable_freezes_by_name(tiny_llama):
 
 
 def test_lora_is_merged_into_a_plain_model(registry, tiny_llama):
+    pytest.importorskip("peft")
     base, _ = nx.load_model(tiny_llama, "classification", 2)
     model, tok = store.pretrained("tiny-llama-lora")
     assert type(model).__name__ == "LlamaForSequenceClassification"

@@ -158,7 +158,12 @@ def _content(a: Attribution) -> np.ndarray:
 
 
 def logat_anatomy(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, batch_size: int = 16
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 16,
+    **explain_options: Any,
 ) -> pd.DataFrame:
     """Per text: what a row of LogAt is made of, over the ranked (non-special) tokens.
 
@@ -166,16 +171,17 @@ def logat_anatomy(
     level shared by all tokens, which no ranking can see), ``rho_norm_logat`` (Spearman of the embedding norm with
     LogAt), ``rho_logat_normxlogit`` (Spearman of LogAt with NormXLogit: how much the norm term reorders the tokens),
     ``common_share_contrast`` and ``rho_contrast_logat`` (the same for the target-minus-other read of a two-class
-    head, ``logit_y - logit_other`` on every token), and ``tokens``.
+    head, ``logit_y - logit_other`` on every token), and ``tokens``. ``explain_options`` go to every
+    :func:`~normxlogit.explain` call (e.g. ``template=`` and ``label_words=`` for a prompted LM's label-word head).
     """
-    logat = explain(model, tokenizer, list(texts), method="logat", batch_size=batch_size)
-    norms = explain(model, tokenizer, list(texts), method="norm", batch_size=batch_size)
-    nxl = explain(model, tokenizer, list(texts), method="normxlogit", batch_size=batch_size)
-    two_class = getattr(model.config, "num_labels", 0) == 2 and logat[0].target is not None
+    def run(method: str, **extra: Any) -> list[Attribution]:
+        return explain(model, tokenizer, list(texts), method=method, batch_size=batch_size, **explain_options, **extra)
+
+    logat, norms, nxl = run("logat"), run("norm"), run("normxlogit")
+    classes = len(explain_options["label_words"]) if "label_words" in explain_options else model.config.num_labels
     other = None
-    if two_class:
-        other = explain(model, tokenizer, list(texts), method="logat", batch_size=batch_size,
-                        target=[1 - int(a.target) for a in logat])
+    if classes == 2 and logat[0].target is not None:
+        other = run("logat", target=[1 - int(a.target) for a in logat])
     rows = []
     for i, (a, n, x) in enumerate(zip(logat, norms, nxl)):
         keep = _content(a)
@@ -225,4 +231,57 @@ def layer_faithfulness(
         if path is not None:
             result.save(path)
         out[layer] = result
+    return out
+
+
+def prompted_faithfulness(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    reads: Mapping[str, tuple[str, Mapping[str, Any]]],
+    *,
+    template: str,
+    label_words: Sequence[str],
+    labels: Sequence[int] | None = None,
+    confidences: Sequence[str] = ("label_words", "vocabulary"),
+    replacement: str = "delete",
+    cache: str | Path | None = None,
+    seed: int = 0,
+    explain_batch_size: int = 16,
+) -> dict[str, dict[str, FaithfulnessResult]]:
+    """``{confidence: {read: result}}`` for a prompted causal LM read through its label-word head.
+
+    ``reads``: ``{name: (method, explain options)}``, e.g. ``{"normxlogit (contrast)": ("normxlogit",
+    {"contrast": True})}``. Each read's attributions (of the predicted label word, with ``template`` and
+    ``label_words``) are computed once and scored with each confidence (the predicted word's probability over the
+    label words, or over the vocabulary); cached like :func:`faithfulness_by_replacement`.
+    """
+    folder = Path(cache) if cache is not None else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    base = [_VERSION, model_fingerprint(model), list(texts), None if labels is None else [float(x) for x in labels],
+            template, list(label_words), replacement, seed]
+    out: dict[str, dict[str, FaithfulnessResult]] = {c: {} for c in confidences}
+    for name, (method, options) in reads.items():
+        options = dict(options)
+        attrs = None
+        seconds = None
+        for confidence in confidences:
+            path = None if folder is None else folder / f"prompted-{method}-{_key(base, method, options, confidence)}.json"
+            if path is not None and path.is_file():
+                result = FaithfulnessResult.load(path)
+            else:
+                if attrs is None:
+                    start = time.perf_counter()
+                    attrs = explain(model, tokenizer, list(texts), method=method, template=template,
+                                    label_words=list(label_words), seed=seed, batch_size=explain_batch_size, **options)
+                    seconds = round(time.perf_counter() - start, 3)
+                result = evaluate(model, tokenizer, list(texts), attrs, labels=labels, template=template,
+                                  label_words=list(label_words), confidence=confidence, replacement=replacement,
+                                  seed=seed)
+                result.meta["attribution_seconds"] = seconds
+                if path is not None:
+                    result.save(path)
+            result.method = name
+            out[confidence][name] = result
     return out
