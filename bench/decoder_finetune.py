@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train = load_sst2("train").shuffle(seed=0).select(range(args.train))
-    val = load_sst2("validation").shuffle(seed=0).select(range(min(args.eval, 872)))
+    val = load_sst2("validation").shuffle(seed=0).select(range(min(args.eval, 872)))  # --eval 0: cost only
     lrs = {"full": 3e-5, "lora": 5e-4, "head": 1e-3}
     for variant in args.variants.split(","):
         set_seed(0)
@@ -60,6 +60,10 @@ def main() -> None:
                    desc=variant)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         model = merge_lora(model).eval()
+        if len(val) == 0:
+            print(f"{variant:6s} lr={lr:.0e} trainable={trainable / 1e6:6.2f}M  train={args.train} "
+                  f"cpu/example={cpu / args.train:.3f}s  wall={wall:.0f}s", flush=True)
+            continue
         with torch.inference_mode():
             correct = 0
             for i in range(0, len(val), 64):

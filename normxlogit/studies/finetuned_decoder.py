@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -262,6 +263,8 @@ def prompted_faithfulness(
     base = [_VERSION, model_fingerprint(model), list(texts), None if labels is None else [float(x) for x in labels],
             template, list(label_words), replacement, seed]
     out: dict[str, dict[str, FaithfulnessResult]] = {c: {} for c in confidences}
+    # Perturbed prompts already run (by another read or confidence) are read back instead of run again.
+    shared = {"forward_cache": {}} if "forward_cache" in inspect.signature(evaluate).parameters else {}
     for name, (method, options) in reads.items():
         options = dict(options)
         attrs = None
@@ -278,7 +281,7 @@ def prompted_faithfulness(
                     seconds = round(time.perf_counter() - start, 3)
                 result = evaluate(model, tokenizer, list(texts), attrs, labels=labels, template=template,
                                   label_words=list(label_words), confidence=confidence, replacement=replacement,
-                                  seed=seed)
+                                  seed=seed, **shared)
                 result.meta["attribution_seconds"] = seconds
                 if path is not None:
                     result.save(path)
