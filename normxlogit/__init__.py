@@ -20,6 +20,7 @@ from .core.attribution import Attribution, load_attributions, save_attributions
 from .core.explain import explain
 from .core.heads import HEADS, HeadSpec, UnsupportedModelError, list_architectures, resolve_head
 from .core.inputs import replacement_token_id
+from .core.label_words import LabelWordHead, chat_template
 from .core.registry import Batch, get_method, list_methods, register_method
 from .data.evidence import evidence_data
 from .evaluation.agreement import correlation_summary, layer_correlations, rank_correlations, token_table
@@ -42,6 +43,8 @@ __all__ = [
     "cache_dir", "default_model_path", "explain", "get_method", "list_architectures", "list_methods",
     "load_attributions", "load_model", "methods", "pick", "profile", "register_method", "resolve_head",
     "save_attributions",
+    # prompted causal LMs as classifiers (template=, label_words= in explain and evaluate)
+    "LabelWordHead", "chat_template",
     # faithfulness
     "FaithfulnessResult", "aopc_table", "evaluate", "evaluate_methods",
     # layer-wise read-outs, rank agreement and occlusion

@@ -23,6 +23,7 @@ from ..models import Task
 from .attribution import Attribution
 from .heads import Head, check_head, id_logits, pooled_positions, resolve_head
 from .inputs import Encoded, TextInput, Texts, encode, eval_mode, model_device, model_inputs, padded_batches
+from .label_words import LabelWordHead, LabelWords, label_word_head
 from .registry import NORM_SOURCES, Batch, get_method
 
 LM_TASKS = ("masked-lm", "causal-lm")
@@ -61,7 +62,7 @@ def _explained_positions(head: Head, inputs: dict[str, Tensor], tokenizer: PreTr
                 f"have no {tokenizer.mask_token} token. Put {tokenizer.mask_token} where the word to predict goes."
             )
         return is_mask.float().argmax(-1)
-    if head.task == "causal-lm":
+    if head.task == "causal-lm" or isinstance(head, LabelWordHead):  # the next token (label word) after the last
         return pooled_positions(mask, "last")
     if head.position is not None:
         lengths = mask.long().sum(-1)
@@ -189,7 +190,8 @@ def _forward_at(model: PreTrainedModel, head: Head, inputs: dict[str, Tensor], p
     only the explained positions, so the logits still come from the model's own forward code (soft-capping and
     scaling included) at a fraction of the cost.
     """
-    decoder = model.get_output_embeddings() if head.task in LM_TASKS else None
+    label_words = isinstance(head, LabelWordHead)
+    decoder = model.get_output_embeddings() if head.task in LM_TASKS or label_words else None
     rows = torch.arange(len(positions), device=positions.device)
     sliced = False
 
@@ -211,6 +213,8 @@ def _forward_at(model: PreTrainedModel, head: Head, inputs: dict[str, Tensor], p
     logits = out.logits
     if logits.dim() == 3:  # LMs: the output at the explained position
         logits = logits[:, 0] if sliced else logits[rows.to(logits.device), positions.to(logits.device)]
+    if label_words:  # the model's own logits of the label words: the prompted classifier's output (B, C)
+        logits = logits[:, torch.as_tensor(head.label_ids, device=logits.device)]
     return out, logits
 
 
@@ -283,7 +287,10 @@ def _targets_per_text(target, n: int, task: Task) -> list[int] | None:
     return targets
 
 
-def _label(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, value: int) -> str | int:
+def _label(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, value: int,
+           head: Head | None = None) -> str | int:
+    if isinstance(head, LabelWordHead):
+        return head.label_words[int(value)]
     if task.endswith("lm"):
         return tokenizer.convert_ids_to_tokens(int(value))
     id2label = getattr(model.config, "id2label", None) or {}
@@ -307,12 +314,13 @@ def attribute(
     seed: int = 0,
     progress: bool = False,
     first_index: int = 0,
+    label_words: LabelWords | None = None,
     **options,
 ) -> list[Attribution]:
     """:func:`explain` for texts already :func:`~normxlogit.core.inputs.encode`-d: one :class:`Attribution` each.
 
     ``first_index``: the index of the first text in the caller's whole dataset, for seeded methods (see
-    :func:`iter_batches`).
+    :func:`iter_batches`). ``label_words``: read a causal LM through its :class:`LabelWordHead`.
     """
     spec = get_method(method)
     if norm_source not in NORM_SOURCES:
@@ -321,6 +329,8 @@ def attribute(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     resolved = head if isinstance(head, Head) else resolve_head(model, task, head, pooling=pooling, check=check_head)
+    if label_words is not None:
+        resolved = label_word_head(resolved, tokenizer, label_words)
     layer_index = resolve_layer(whole_number(layer, "layer"), num_layers_of(model))
     targets = _targets_per_text(target, len(encoded), resolved.task)
     results: list[Attribution | None] = [None] * len(encoded)
@@ -331,6 +341,8 @@ def attribute(
             scores = spec.fn(batch, **options).detach().float().cpu().numpy()
         for j, i in enumerate(index - first_index for index in batch.indices):
             results[i] = _attribution(batch, j, scores[j], encoded.items[i], encoded.rows[i], method, spec.layerwise)
+            if encoded.template is not None:
+                results[i].meta["template"] = encoded.template
     return [r for r in results if r is not None]
 
 
@@ -351,6 +363,8 @@ def explain(
     check_head: bool = True,
     seed: int = 0,
     progress: bool = False,
+    template: str | None = None,
+    label_words: LabelWords | None = None,
     **options,
 ) -> Attribution | list[Attribution]:
     """Attribute the model's output to the input tokens.
@@ -364,7 +378,16 @@ def explain(
     callable ``(N, hidden) -> (N, classes)`` for architectures the head table does not know, with ``pooling``
     saying where it reads (``"first"``, ``"last"`` or a position), e.g.
     ``nx.explain(model, tok, texts, head=lambda h: model.logits_proj(model.sequence_summary.summary(h)),
-    pooling="last")``. Extra keyword ``options`` go to the method (e.g. ``n_steps`` for integrated gradients).
+    pooling="last")``. Extra keyword ``options`` go to the method (e.g. ``n_steps`` for integrated gradients;
+    ``contrast=True`` for ``logat`` and ``normxlogit``: the target's log-odds against the other classes).
+
+    A prompted causal LM as a classifier: ``template`` puts each text into a prompt (``{}`` where the text goes, two
+    for pairs; only the inserted text's tokens are ranked, the template's are treated like special tokens) and
+    ``label_words`` (one token each, e.g. ``[" negative", " positive"]``) make the label-word head
+    (:class:`~normxlogit.core.label_words.LabelWordHead`): the prediction is the most probable label word at the last
+    position, its index the class (``target`` indexes ``label_words``), and LogAt of a token is that word's logit
+    read on the token's final state. E.g. ``nx.explain(model, tok, reviews, template="Review: {}\nSentiment
+    (positive or negative):", label_words=[" negative", " positive"], contrast=True)``.
 
     Every call checks itself: at the explained position the head read on the final hidden state must give the
     model's own output logits (1e-4 relative in float32), else a :class:`~normxlogit.core.heads.HeadMismatchError`
@@ -376,7 +399,9 @@ def explain(
         raise ValueError(f"norm_source must be one of {', '.join(NORM_SOURCES)}, not {norm_source!r}.")
     resolve_layer(whole_number(layer, "layer"), num_layers_of(model))
     resolved = resolve_head(model, task, head, pooling=pooling, check=check_head)
-    encoded = encode(model, tokenizer, texts, max_length)
+    if label_words is not None:
+        resolved = label_word_head(resolved, tokenizer, label_words)
+    encoded = encode(model, tokenizer, texts, max_length, template=template)
     out = attribute(model, tokenizer, encoded, method, target=target, layer=layer, norm_source=norm_source,
                     batch_size=batch_size, head=resolved, seed=seed, progress=progress, **options)
     return out[0] if encoded.single else out
@@ -390,8 +415,10 @@ def _attribution(batch: Batch, j: int, scores: np.ndarray, text: TextInput, row:
     target = None if task == "regression" else int(batch.targets[j])
     meta = {"task": task}
     if task != "regression":
-        meta["target_label"] = _label(batch.model, batch.tokenizer, task, target)
-        meta["prediction_label"] = _label(batch.model, batch.tokenizer, task, prediction)
+        meta["target_label"] = _label(batch.model, batch.tokenizer, task, target, batch.head)
+        meta["prediction_label"] = _label(batch.model, batch.tokenizer, task, prediction, batch.head)
+        if isinstance(batch.head, LabelWordHead):
+            meta["label_words"] = list(batch.head.label_words)
         meta["target_logit"] = float(batch.logits[j, target])
     else:
         meta["prediction_label"] = round(prediction, 4)

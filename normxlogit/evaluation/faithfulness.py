@@ -86,6 +86,8 @@ from ..models import Task, detect_task
 from .perturbation import (DEFAULT_RATIOS, KINDS, PROTOCOLS, LabelWords, Protocol, Replacement, causal_lm_outputs,
                            classifier_outputs, default_replacement, label_word_ids, perturb, ranked_positions,
                            replaced_positions, replacement_id, top_count)
+from .prompted import (Confidence, cached_lm_outputs, check_confidence, column_probabilities, lm_explain_options,
+                       prompt_template)
 from .results import FaithfulnessResult
 
 MethodOrAttributions = Union[str, Sequence[Attribution]]
@@ -150,6 +152,9 @@ def evaluate(
     max_length: int | None = None,
     task: Task | None = None,
     label_words: LabelWords | None = None,
+    template: str | None = None,
+    confidence: Confidence | None = None,
+    forward_cache: dict | None = None,
     seed: int = 0,
     explain_batch_size: int = 32,
     progress: bool | None = None,
@@ -167,9 +172,12 @@ def evaluate(
     (``task="causal-lm"``): the prediction is the token at the last position, either the most probable next token
     or, with ``label_words`` (words of one token each, e.g. ``[" negative", " positive"]``, or token ids), the most
     probable of them, whose index is then the class (``labels`` index ``label_words``); the confidence is its
-    probability over the whole vocabulary, and the attributions explain it. ``protocol``: ``clean`` (special tokens
-    never ranked; ``n`` = non-special tokens) or ``paper`` (the authors': only the first token excluded; ``n`` counts
-    special tokens).
+    probability over the vocabulary (``confidence="vocabulary"``, the default) or over the label words
+    (``"label_words"``), and the attributions explain it (through the label-word head, so ``contrast=True`` works).
+    ``template``: a prompt with ``{}`` where each text goes (:mod:`normxlogit.evaluation.prompted`). ``forward_cache``:
+    a dict shared between calls on one causal LM, so that inputs already run are not run again.
+    ``protocol``: ``clean`` (special tokens never ranked; ``n`` = non-special tokens) or ``paper`` (the authors':
+    only the first token excluded; ``n`` counts special tokens).
     ``batch_tokens``: tokens (padding included) per forward pass; default from :data:`BATCH_TOKENS` (2,048 on a CPU,
     16,384 on an accelerator). ``progress``: a bar over forward passes (default: on when there are more than 5,000
     perturbed inputs).
@@ -191,6 +199,8 @@ def evaluate(
         raise ValueError(f"label_words are for causal LMs (the label word predicted next); this is a {task} model.")
     vocab = int(model.get_output_embeddings().weight.shape[0]) if task == "causal-lm" else 0
     label_ids = None if label_words is None else label_word_ids(tokenizer, label_words, vocab)
+    scoring = check_confidence(task, confidence, label_ids)
+    template = prompt_template(template, protocol, method_or_attributions)
     if texts is None:
         if isinstance(method_or_attributions, str):
             raise ValueError("texts=None only works with given attributions; pass the texts to explain.")
@@ -202,7 +212,7 @@ def evaluate(
     with warnings.catch_warnings():
         if not isinstance(method_or_attributions, str):
             warnings.simplefilter("ignore")  # the attributions' own explain call already warned about truncation
-        encoded = encode(model, tokenizer, texts, max_length)
+        encoded = encode(model, tokenizer, texts, max_length, template=template)
     items, rows = encoded.items, encoded.rows
     num_classes = int(model.config.num_labels) if task != "causal-lm" else len(label_ids or range(vocab))
     gold = _check_labels(labels, len(items), "classification" if task == "causal-lm" else task, num_classes)
@@ -210,7 +220,7 @@ def evaluate(
     if task == "causal-lm":  # the prediction first: the attributions explain it (the predicted label word)
         lm_prediction = lm_predictions(model, pads, rows, label_ids, batch_tokens)
         if isinstance(method_or_attributions, str):
-            options = {"target": lm_targets(lm_prediction, label_ids), **explain_options}
+            options = {**lm_explain_options(lm_prediction, label_words, label_ids), **explain_options}
 
     attrs, method, attribution_seconds = _attributions(
         model, tokenizer, encoded, method_or_attributions, seed=seed, batch_size=explain_batch_size,
@@ -221,8 +231,9 @@ def evaluate(
     for i, (row, attr) in enumerate(zip(rows, attrs)):
         if list(row["input_ids"]) != list(attr.input_ids):
             raise ValueError(
-                f"Attribution {i} was computed for other tokens than text {i} tokenizes to (different text, tokenizer "
-                "or max_length). Pass the texts the attributions were computed for, in the same order."
+                f"Attribution {i} was computed for other tokens than text {i} tokenizes to (different text, tokenizer, "
+                "template or max_length). Pass the texts (and template) the attributions were computed for, in the "
+                "same order."
             )
 
     # 1. Every perturbed input, kept once.
@@ -258,13 +269,13 @@ def evaluate(
     columns = (label_ids or sorted({int(p) for p in lm_prediction})) if task == "causal-lm" else None
     with lent_pad(model, lend):
         if task == "causal-lm":
-            picked, lse, top = causal_lm_outputs(model, pads, inputs, batch_tokens, columns, progress)
+            picked, lse, top = cached_lm_outputs(model, pads, inputs, batch_tokens, columns, progress, forward_cache)
         else:
             logits = classifier_outputs(model, pads, inputs, batch_tokens, progress)
 
     # 3. Per-example outcomes.
     if task == "causal-lm":
-        probs = np.exp(picked.astype(np.float64) - lse[:, None])  # full-vocabulary probabilities of the columns
+        probs = column_probabilities(picked, lse, scoring)  # over the vocabulary, or over the label words
         classes = picked.argmax(-1) if label_ids else top
         original_prediction = lm_prediction
         column = lm_prediction if label_ids else np.searchsorted(columns, lm_prediction)
@@ -299,6 +310,9 @@ def evaluate(
     if task == "causal-lm":  # scored as a classification over label words, or over the vocabulary (next token)
         meta["task"] = "causal-lm"
         meta["label_words"] = None if label_ids is None else tokenizer.convert_ids_to_tokens(label_ids)
+        meta["confidence"] = scoring
+    if template is not None:
+        meta["template"] = template
     if explain_options:
         meta["explain_options"] = {k: v for k, v in explain_options.items() if isinstance(v, (int, float, str, bool))}
     return FaithfulnessResult(method, "classification" if task == "causal-lm" else task, protocol, chosen, ratios,
@@ -321,11 +335,6 @@ def lm_predictions(model: PreTrainedModel, pads: dict[str, int], rows: Sequence[
     return picked.argmax(-1) if label_ids else top
 
 
-def lm_targets(predictions: np.ndarray, label_ids: list[int] | None) -> list[int]:
-    """The token ids the attributions of a causal LM explain: the predicted label words, or the predicted tokens."""
-    return [label_ids[p] for p in predictions] if label_ids else [int(p) for p in predictions]
-
-
 # --- several methods, cached ---------------------------------------------------------------------------------------
 def model_fingerprint(model: PreTrainedModel) -> str:
     """A short hash of the model's configuration and (a strided sample of) its weights."""
@@ -338,10 +347,12 @@ def model_fingerprint(model: PreTrainedModel) -> str:
 
 
 def _code_version(method: str) -> str:
-    """A hash of the code a cached result depends on: this module, the perturbations', and the method's module."""
+    """A hash of the code a cached result depends on: this module, the perturbations', the method's module and the
+    label-word head's."""
+    prompted = sys.modules[lm_explain_options.__module__]
     module = sys.modules[get_method(method).fn.__module__]
     sources = [Path(__file__).read_bytes(), inspect.getsource(sys.modules[perturb.__module__]).encode(),
-               inspect.getsource(module).encode()]
+               inspect.getsource(module).encode(), inspect.getsource(prompted).encode()]
     return hashlib.sha256(b"".join(sources)).hexdigest()[:16]
 
 
@@ -385,7 +396,7 @@ def evaluate_methods(
     unknown = set(method_options) - set(methods)
     if unknown:
         raise ValueError(f"method_options for methods not evaluated: {', '.join(sorted(unknown))}.")
-    encoded = encode(model, tokenizer, texts, max_length)
+    encoded = encode(model, tokenizer, texts, max_length, template=evaluate_options.get("template"))
     items = encoded.items
     targets: dict[str, Any] = {}
     if _task_of(model, evaluate_options.get("task")) == "causal-lm":  # attributions explain the prediction
@@ -395,7 +406,7 @@ def evaluate_methods(
         pads, _ = padding_for(model, tokenizer, resolve_head(model, "causal-lm"))
         predictions = lm_predictions(model, pads, encoded.rows, label_ids,
                                      _batch_tokens(model, evaluate_options.get("batch_tokens")))
-        targets["target"] = lm_targets(predictions, label_ids)
+        targets.update(lm_explain_options(predictions, words, label_ids))
     folder = Path(cache) if cache is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)

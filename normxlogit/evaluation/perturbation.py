@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..core.attribution import Attribution
 from ..core.inputs import eval_mode, model_device, model_inputs, padded_batches, replacement_token_id
+from ..core.label_words import LabelWords, label_word_ids  # noqa: F401  (label_word_ids: re-exported for callers)
 
 PROTOCOLS = ("clean", "paper")
 REPLACEMENTS = ("mask", "pad", "unk", "attention", "delete")
@@ -36,7 +37,6 @@ DEFAULT_RATIOS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8
 
 Protocol = Literal["clean", "paper"]
 Replacement = Literal["mask", "pad", "unk", "attention", "delete"]
-LabelWords = Sequence[Union[str, int]]
 #: ``replacement=None`` for encoders: the mask token (the paper's choice; their pretraining saw it in place of words).
 ENCODER_REPLACEMENT: Replacement = "mask"
 #: ``replacement=None`` for decoders (causal LMs and decoder classifiers, which have no mask token): removing the
@@ -47,28 +47,6 @@ DECODER_REPLACEMENT: Replacement = "delete"
 def default_replacement(decoder: bool) -> Replacement:
     """What ``replacement=None`` means: :data:`DECODER_REPLACEMENT` for a decoder, else :data:`ENCODER_REPLACEMENT`."""
     return DECODER_REPLACEMENT if decoder else ENCODER_REPLACEMENT
-
-
-def label_word_ids(tokenizer: PreTrainedTokenizerBase, label_words: LabelWords, vocab_size: int) -> list[int]:
-    """The token id of each label word (a string that is one token without special tokens, or a token id)."""
-    if isinstance(label_words, (str, bytes)) or len(label_words) < 2:
-        raise ValueError(f"label_words must be a list of at least two words or token ids, not {label_words!r}.")
-    ids = []
-    for word in label_words:
-        if isinstance(word, str):
-            pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
-            if len(pieces) != 1:
-                raise ValueError(f"The label word {word!r} is {len(pieces)} tokens for this tokenizer; pass words of "
-                                 "one token (mind the leading space a word after another has: ' positive') or "
-                                 "token ids.")
-            ids.append(int(pieces[0]))
-        elif isinstance(word, (int, np.integer)) and not isinstance(word, bool) and 0 <= int(word) < vocab_size:
-            ids.append(int(word))
-        else:
-            raise ValueError(f"label word {word!r} is neither a string nor a token id in 0..{vocab_size - 1}.")
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"label_words {list(label_words)!r} repeat a token (ids {ids}).")
-    return ids
 
 
 def ranked_positions(attribution: Attribution, protocol: Protocol = "clean") -> tuple[np.ndarray, int]:

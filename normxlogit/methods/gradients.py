@@ -24,6 +24,7 @@ from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from ..core.label_words import LabelWordHead
 from ..core.registry import Batch, register_method
 
 
@@ -32,13 +33,16 @@ class EmbeddingForward:
 
     ``word_embeddings`` is what ``model.get_input_embeddings()(input_ids)`` returns, (B, T, E). Every other input goes
     through the model's normal path, so ``f(model.get_input_embeddings()(ids), ids, mask, ...)`` equals the model's
-    own logits. For LMs, ``positions`` picks the explained position of each row.
+    own logits. For LMs, ``positions`` picks the explained position of each row; ``columns`` (a prompted LM's
+    label-word ids) keeps only those logits, so that the targets are class indices, and then only the explained
+    positions reach the output embedding (no full-vocabulary product at every position).
     """
 
-    def __init__(self, model: PreTrainedModel, input_names: tuple[str, ...]):
+    def __init__(self, model: PreTrainedModel, input_names: tuple[str, ...], columns: list[int] | None = None):
         self.model = model
         self.embedding = model.get_input_embeddings()
         self.input_names = input_names  # the model inputs passed positionally after the embeddings (input_ids first)
+        self.columns = columns
 
     def __call__(self, word_embeddings: Tensor, *args: Tensor) -> Tensor:
         *values, positions = args
@@ -57,13 +61,25 @@ class EmbeddingForward:
                                    f"{tuple(word_embeddings.shape)}.")
             return word_embeddings
 
-        handle = self.embedding.register_forward_hook(replace)
+        def last_only(module, args):  # label words: the output embedding reads the explained positions only
+            x = args[0]
+            rows = torch.arange(len(x), device=x.device)
+            return (x[rows, positions.to(x.device)].unsqueeze(1),) + tuple(args[1:])
+
+        decoder = self.model.get_output_embeddings() if self.columns is not None else None
+        handles = [self.embedding.register_forward_hook(replace)]
+        if decoder is not None:
+            handles.append(decoder.register_forward_pre_hook(last_only))
         try:
             logits = self.model(**inputs).logits
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         if logits.dim() == 3:  # LMs: the output at the explained position
-            logits = logits[torch.arange(len(logits), device=logits.device), positions]
+            logits = logits[:, 0] if decoder is not None else logits[torch.arange(len(logits), device=logits.device),
+                                                                      positions]
+        if self.columns is not None:
+            logits = logits[:, torch.as_tensor(self.columns, device=logits.device)]
         return logits
 
     def arguments(self, batch: Batch) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -77,7 +93,8 @@ class EmbeddingForward:
 def embedding_forward(batch: Batch) -> EmbeddingForward:
     """The :class:`EmbeddingForward` of ``batch.model`` with the inputs this batch carries."""
     names = ("input_ids",) + tuple(k for k in batch.inputs if k != "input_ids")
-    return EmbeddingForward(batch.model, names)
+    columns = batch.head.label_ids if isinstance(batch.head, LabelWordHead) else None
+    return EmbeddingForward(batch.model, names, columns)
 
 
 def _attribute(batch: Batch, make: Callable[[EmbeddingForward], object], **kwargs) -> Tensor:
