@@ -127,6 +127,8 @@ def _train_and_save(name: str, recipe: Recipe, final: Path, device: torch.device
         raise KeyError(
             f"The evaluation of {name!r} returned {sorted(metrics)}, not the recipe's metric {recipe.metric!r}."
         )
+    print(f"normxlogit: {name!r}: {recipe.metric} = {metrics[recipe.metric]:.4f} on {recipe.eval_split} "
+          f"({metrics.get('examples', '?')} examples); trained in {train_time:.0f} s", file=sys.stderr)
     metadata = {
         "name": name,
         "recipe_hash": recipe_hash(recipe),
