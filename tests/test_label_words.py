@@ -526,3 +526,20 @@ def test_prompted_classifier_study(make_tiny, tmp_path):
     assert diff["low"] <= diff["minus random"] <= diff["high"]
     again = prompted_classifier_study(model, tok, REVIEWS, labels, **kwargs)  # read back from the cache
     assert again.aopc.equals(study.aopc)
+
+
+def test_the_study_cache_is_kept_per_method(make_tiny, tmp_path, monkeypatch):
+    """Adding a method to a study computes that method only: the others are read back from the cache."""
+    from normxlogit.studies import llm_classifiers
+
+    model, tok = make_tiny("gpt2", "causal-lm")
+    kwargs = dict(templates={"zero-shot": llm_classifiers.ZERO_SHOT_TEMPLATE}, layers=(), n_boot=100, cache=tmp_path)
+    first = llm_classifiers.prompted_classifier_study(model, tok, REVIEWS, [1, 0, 0, 1], methods=["random"], **kwargs)
+    computed = []
+    original = llm_classifiers.attribute
+    monkeypatch.setattr(llm_classifiers, "attribute", lambda *a, **k: computed.append(a[3]) or original(*a, **k))
+    both = llm_classifiers.prompted_classifier_study(model, tok, REVIEWS, [1, 0, 0, 1],
+                                                     methods=["random", "gradient_norm"], **kwargs)
+    assert computed == ["gradient_norm"]
+    assert both.aopc.loc[("zero-shot", "label_words", "random")].equals(
+        first.aopc.loc[("zero-shot", "label_words", "random")])

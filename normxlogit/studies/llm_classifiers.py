@@ -104,11 +104,11 @@ class PromptedStudy:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _code_version(methods: Sequence[str]) -> str:
-    """A hash of the code the cached results depend on: the evaluation engine, the label-word head, the methods."""
+def _code_version(method: str) -> str:
+    """A hash of the code one method's cached results depend on: the evaluation engine, the label-word head and the
+    method's own module (not the other methods': adding a method to a study keeps the others' results)."""
     names = {evaluate.__module__, FaithfulnessResult.__module__, label_word_head.__module__,
-             "normxlogit.evaluation.perturbation", "normxlogit.evaluation.prompted",
-             *(get_method(m).fn.__module__ for m in methods)}
+             "normxlogit.evaluation.perturbation", "normxlogit.evaluation.prompted", get_method(method).fn.__module__}
     return hashlib.sha256(b"".join(inspect.getsource(sys.modules[n]).encode() for n in sorted(names))).hexdigest()[:16]
 
 
@@ -119,7 +119,8 @@ def _evaluated(model, tokenizer, encoded, labels, name: str, method: str, option
     (the attributions once, the perturbed inputs once for all confidences)."""
     paths = {}
     if folder is not None:
-        key = hashlib.sha256(json.dumps([base, method, options, layer], default=str).encode()).hexdigest()[:20]
+        key = hashlib.sha256(json.dumps([base, method, options, layer, _code_version(method)],
+                                        default=str).encode()).hexdigest()[:20]
         slug = name.replace(" ", "_").replace("(", "").replace(")", "")
         paths = {c: folder / f"{slug}-L{layer}-{c}-{key}.json" for c in confidences}
     out = {c: FaithfulnessResult.load(paths[c]) for c in confidences if c in paths and paths[c].is_file()}
@@ -219,7 +220,6 @@ def prompted_classifier_study(
     folder = Path(cache) if cache is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-    version = _code_version([m for m, _ in variants.values()])
     fingerprint = model_fingerprint(model)
     results: dict[tuple[str, str, str], FaithfulnessResult] = {}
     layer_results: dict[tuple[str, str, int, str], FaithfulnessResult] = {}
@@ -227,7 +227,7 @@ def prompted_classifier_study(
     for prompt, template in templates.items():
         start = time.perf_counter()
         encoded = encode(model, tokenizer, list(sentences), template=template)
-        base = json.dumps([fingerprint, list(sentences), labels, template, list(LABEL_WORDS), seed, version])
+        base = json.dumps([fingerprint, list(sentences), labels, template, list(LABEL_WORDS), seed])
         forward_cache: dict = {}
         for name, (method, options) in variants.items():
             for confidence, result in _evaluated(model, tokenizer, encoded, labels, name, method, options, last,
@@ -304,5 +304,7 @@ def _tables(results, layer_results, diagnostics, labels, last, n_boot, seed, met
     layer_table = (pd.DataFrame(layers).sort_values(["prompt", "confidence", "method", "layer"])
                    .reset_index(drop=True) if layers else pd.DataFrame())
     return PromptedStudy(results, layer_results, pd.DataFrame(accuracy).set_index("prompt"), aopc,
-                         pd.DataFrame(versus).set_index(["prompt", "confidence", "method", "measure"]),
+                         pd.DataFrame(versus, columns=["prompt", "confidence", "method", "measure", "minus random",
+                                                       "low", "high"]).set_index(["prompt", "confidence", "method",
+                                                                                  "measure"]),
                          layer_table, diagnostics, meta)
