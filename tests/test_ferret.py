@@ -84,7 +84,7 @@ def test_ferret_benchmark_agrees_with_nx_evaluate(sst2):
         raw = np.array([s[key] for s in raw_scores])
         same = np.isclose(raw, ferrets, atol=1e-9)
         assert same[~np.array(has_negative)].all()
-    assert sum(exact) >= len(texts) // 2  # most SST-2 sentences round-trip; the comparison is not vacuous
+    assert sum(exact) >= 3  # several SST-2 sentences round-trip: the comparison is not vacuous
     # Difference 2 (aggregation): nx's AOPC (every ratio strictly between 0 and 1, averaged over examples) is not
     # ferret's mean (non-empty, distinct rationales, 100% included); the mapping is what makes them agree.
     headline = result.aopc
