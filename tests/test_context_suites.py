@@ -116,3 +116,16 @@ def test_shared_suites_are_plain_sentences():
         for ex in make_suite(task, n=10, seed=0):
             for source in ex.sources:
                 assert source.endswith(".") and not re.search(r"[.!?]\s", source[:-1]), source
+
+
+def test_usable_tasks_are_the_measured_ones():
+    """USABLE_TASKS are the tasks data/context_suites_accuracy.json keeps: each measured on 50+ prompts at >= 80%."""
+    from normxlogit.data.context_suites import USABLE_TASKS, load_accuracies
+
+    tasks = load_accuracies()["tasks"]
+    assert set(tasks) == set(TASKS)  # every task tried is reported
+    assert USABLE_TASKS == tuple(t for t in TASKS if tasks[t]["kept"])
+    for name, row in tasks.items():
+        assert row["n"] >= 50 and row["correct"] == round(row["accuracy"] * row["n"])
+        assert row["kept"] == (row["accuracy"] >= 0.8)
+    assert "planted_instruction" in USABLE_TASKS

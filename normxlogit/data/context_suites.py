@@ -310,7 +310,7 @@ def _usable() -> tuple[str, ...]:
         tasks = load_accuracies()["tasks"]
     except (FileNotFoundError, KeyError, ValueError):
         return ()
-    return tuple(name for name, row in tasks.items() if row.get("kept") and name in TASKS)
+    return tuple(name for name in TASKS if tasks.get(name, {}).get("kept"))
 
 
 #: The tasks the measured model does well (>= 80% in ``data/context_suites_accuracy.json``), in :data:`TASKS` order.
