@@ -7,10 +7,8 @@ registered method over them; :func:`explain` is validation + :func:`~normxlogit.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import operator
-import warnings
 from collections.abc import Iterator, Sequence
 from typing import Callable
 
@@ -23,7 +21,7 @@ from ..models import Task, check_trained_head
 from .attribution import Attribution
 from .compat import check_batch_invariance, check_token_aligned, head_read_errors, length_errors, probe_alone
 from .heads import Head, UnsupportedModelError, check_head, head_spec, id_logits, pooled_positions, resolve_head
-from .padding import pad_configs, pooled_pad_id, rows_padding
+from .padding import lent_pad, padding_for, pooled_pad_id, rows_padding
 from .inputs import Encoded, TextInput, Texts, encode, eval_mode, model_device, model_inputs, padded_batches
 from .label_words import LabelWordHead, LabelWords, label_word_head
 from .registry import NORM_SOURCES, Batch, get_method
@@ -78,58 +76,6 @@ def _explained_positions(head: Head, inputs: dict[str, Tensor], tokenizer: PreTr
                              "position (0-based, non-negative) that every text has.")
         return torch.full_like(lengths, position)
     return pooled_positions(mask, head.pooling, inputs["input_ids"], pooled_pad_id(model))
-
-
-def padding_for(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, head: Head
-) -> tuple[dict[str, int], int | None]:
-    """The values to pad a batch with, and a pad id to lend the model's config during the forward (or None).
-
-    Nothing of the caller's is changed. Decoder classifiers pool the last token that is not ``config.pad_token_id``,
-    so batches are padded with that id; where the config has none, the tokenizer's pad (else EOS) id is lent to it
-    for the forward pass only. A tokenizer whose pad id differs from the config's gets a warning saying how to make
-    them agree.
-    """
-    config_pad = pooled_pad_id(model)
-    tok_pad = getattr(tokenizer, "pad_token_id", None)
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is None:
-        eos = getattr(model.config, "eos_token_id", None)
-        eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
-    pools_last = head.task in ("classification", "regression") and head.pooling == "last" and head.position is None
-    if pools_last and config_pad is not None:
-        if tok_pad is not None and tok_pad != config_pad:
-            warnings.warn(
-                f"The tokenizer pads with id {tok_pad}, but this {type(model).__name__} pools the last token that is "
-                f"not its config.pad_token_id={config_pad}; normxlogit pads with {config_pad}, as the model expects. "
-                "Set tokenizer.pad_token_id = model.config.pad_token_id (or the reverse) to make them agree.",
-                stacklevel=4,
-            )
-        pad = config_pad
-    else:
-        pad = next((p for p in (tok_pad, config_pad, eos) if p is not None), None)
-    if pad is None:
-        raise ValueError("Neither the tokenizer nor the model config has a pad or EOS token to pad batches with; set "
-                         "tokenizer.pad_token first (e.g. tokenizer.pad_token = tokenizer.eos_token).")
-    type_pad = getattr(tokenizer, "pad_token_type_id", 0) if tokenizer is not None else 0
-    return {"input_ids": int(pad), "token_type_ids": type_pad}, (int(pad) if pools_last and config_pad is None else None)
-
-
-@contextlib.contextmanager
-def lent_pad(model: PreTrainedModel, pad_id: int | None) -> Iterator[None]:
-    """Lend ``config.pad_token_id`` for the block (decoder classifiers need one to batch), then restore it."""
-    if pad_id is None:
-        yield
-        return
-    configs = pad_configs(model)
-    before = [c.pad_token_id for c in configs]
-    for c in configs:
-        c.pad_token_id = pad_id
-    try:
-        yield
-    finally:
-        for c, value in zip(configs, before):
-            c.pad_token_id = value
 
 
 def forward_batch(

@@ -1,7 +1,7 @@
 """Padding decoder classifiers so that each text is pooled where the model pools it alone.
 
 transformers' decoder classifiers (GPT-2, Llama, ...) pool the last token that is not ``config.pad_token_id`` (the
-last position when the config has none, which then allows no batch). :func:`~normxlogit.core.explain.padding_for`
+last position when the config has none, which then allows no batch). :func:`padding_for`
 chooses the pad values and a pad id to lend the config for the forward pass; :func:`rows_padding` makes the lent id
 one that occurs in none of the rows (so that it never hides a real token, e.g. a final EOS) and warns where the
 model's own pad id ends a text (then the model itself pools an earlier token).
@@ -9,8 +9,9 @@ model's own pad id ends a text (then the model itself pools an earlier token).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -62,7 +63,7 @@ def rows_padding(
     avoid: Sequence[int] = (),
     warn: bool = True,
 ) -> tuple[dict[str, int], int | None]:
-    """The padding ``(pads, lend)`` of :func:`~normxlogit.core.explain.padding_for`, made safe for these ``rows``:
+    """The padding ``(pads, lend)`` of :func:`padding_for`, made safe for these ``rows``:
     every row is then read at the position the model pools when it is called on that row alone, whatever the batch.
 
     A decoder classifier without a pad id of its own pools the last position when called on one text; in a batch it
@@ -113,3 +114,55 @@ def warn_pad_ends_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         f"{free}) and tokenizer.pad_token_id to the same, or tokenize without the trailing {name(pad)!r}.",
         stacklevel=3,
     )
+
+
+def padding_for(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, head: Head
+) -> tuple[dict[str, int], int | None]:
+    """The values to pad a batch with, and a pad id to lend the model's config during the forward (or None).
+
+    Nothing of the caller's is changed. Decoder classifiers pool the last token that is not ``config.pad_token_id``,
+    so batches are padded with that id; where the config has none, the tokenizer's pad (else EOS) id is lent to it
+    for the forward pass only. A tokenizer whose pad id differs from the config's gets a warning saying how to make
+    them agree.
+    """
+    config_pad = pooled_pad_id(model)
+    tok_pad = getattr(tokenizer, "pad_token_id", None)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.config, "eos_token_id", None)
+        eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+    pools_last = head.task in ("classification", "regression") and head.pooling == "last" and head.position is None
+    if pools_last and config_pad is not None:
+        if tok_pad is not None and tok_pad != config_pad:
+            warnings.warn(
+                f"The tokenizer pads with id {tok_pad}, but this {type(model).__name__} pools the last token that is "
+                f"not its config.pad_token_id={config_pad}; normxlogit pads with {config_pad}, as the model expects. "
+                "Set tokenizer.pad_token_id = model.config.pad_token_id (or the reverse) to make them agree.",
+                stacklevel=4,
+            )
+        pad = config_pad
+    else:
+        pad = next((p for p in (tok_pad, config_pad, eos) if p is not None), None)
+    if pad is None:
+        raise ValueError("Neither the tokenizer nor the model config has a pad or EOS token to pad batches with; set "
+                         "tokenizer.pad_token first (e.g. tokenizer.pad_token = tokenizer.eos_token).")
+    type_pad = getattr(tokenizer, "pad_token_type_id", 0) if tokenizer is not None else 0
+    return {"input_ids": int(pad), "token_type_ids": type_pad}, (int(pad) if pools_last and config_pad is None else None)
+
+
+@contextlib.contextmanager
+def lent_pad(model: PreTrainedModel, pad_id: int | None) -> Iterator[None]:
+    """Lend ``config.pad_token_id`` for the block (decoder classifiers need one to batch), then restore it."""
+    if pad_id is None:
+        yield
+        return
+    configs = pad_configs(model)
+    before = [c.pad_token_id for c in configs]
+    for c in configs:
+        c.pad_token_id = pad_id
+    try:
+        yield
+    finally:
+        for c, value in zip(configs, before):
+            c.pad_token_id = value

@@ -81,15 +81,14 @@ from ..core.attribution import Attribution
 from ..core.explain import attribute
 from ..core.inputs import Encoded, Texts, encode, model_device
 from ..core.registry import get_method
-from ..core.explain import lent_pad, padding_for
-from ..core.padding import rows_padding
+from ..core.padding import lent_pad, padding_for, rows_padding
 from ..core.heads import resolve_head
 from ..models import Task, check_trained_head, detect_task
-from .perturbation import (DEFAULT_RATIOS, KINDS, PROTOCOLS, LabelWords, Protocol, Replacement, causal_lm_outputs,
+from .perturbation import (DEFAULT_RATIOS, KINDS, PROTOCOLS, LabelWords, Protocol, Replacement,
                            classifier_outputs, default_replacement, label_word_ids, measured_targets, perturb,
                            ranked_positions, replaced_positions, replacement_id, top_count)
 from .prompted import (Confidence, cached_lm_outputs, check_confidence, column_probabilities, lm_explain_options,
-                       prompt_template)
+                       lm_predictions, prompt_template)
 from .results import FaithfulnessResult
 
 MethodOrAttributions = Union[str, Sequence[Attribution]]
@@ -333,17 +332,6 @@ def _batch_tokens(model: PreTrainedModel, batch_tokens: int | None) -> int:
     return BATCH_TOKENS["cpu" if model_device(model).type == "cpu" else "accelerator"]
 
 
-def lm_predictions(model: PreTrainedModel, pads: dict[str, int], rows: Sequence[dict], label_ids: list[int] | None,
-                   batch_tokens: int) -> np.ndarray:
-    """A causal LM's prediction for each encoded row at its last position: the index of the most probable label
-    word, or (``label_ids=None``) the most probable token."""
-    keys = [k for k in rows[0] if k != "special_tokens_mask"]
-    picked, _, top = causal_lm_outputs(model, pads, [{k: np.asarray(r[k], dtype=np.int64) for k in keys}
-                                                     for r in rows], batch_tokens, label_ids, False)
-    return picked.argmax(-1) if label_ids else top
-
-
-# --- several methods, cached ---------------------------------------------------------------------------------------
 def model_fingerprint(model: PreTrainedModel) -> str:
     """A short hash of the model's configuration and (a strided sample of) its weights."""
     digest = hashlib.sha256(model.config.to_json_string().encode())

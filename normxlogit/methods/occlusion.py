@@ -31,7 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..core.heads import Head, pooled_positions, resolve_head
 from ..core.inputs import Texts, collate, encode, eval_mode, model_device, model_inputs, replacement_token_id
 from ..core.registry import Batch, register_method
-from ..core.explain import lent_pad, padding_for
+from ..core.padding import lent_pad, padding_for
 from ..core.padding import pooled_pad_id, rows_padding
 from ..models import Task
 
