@@ -267,7 +267,8 @@ def _tables(results, layer_results, diagnostics, labels, last, n_boot, seed, met
     gold = np.asarray(labels)
     accuracy = []
     for prompt in prompts:
-        by_conf = {c: r for (p, m, c), r in results.items() if p == prompt and m == "random"}
+        first = next(m for p, m, _ in results if p == prompt)  # every method's results share the intact inputs
+        by_conf = {c: r for (p, m, c), r in results.items() if p == prompt and m == first}
         any_result = next(iter(by_conf.values()))
         hits = (any_result.original_prediction == gold).astype(float)
         acc = bootstrap_mean(hits, n_boot=n_boot, seed=seed)
