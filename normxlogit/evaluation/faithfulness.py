@@ -84,11 +84,11 @@ from ..core.registry import get_method
 from ..core.padding import lent_pad, padding_for, rows_padding
 from ..core.heads import resolve_head
 from ..models import Task, check_trained_head, detect_task
-from .perturbation import (DEFAULT_RATIOS, KINDS, PROTOCOLS, LabelWords, Protocol, Replacement,
-                           classifier_outputs, default_replacement, label_word_ids, measured_targets, perturb,
+from .perturbation import (DEFAULT_RATIOS, KINDS, PROTOCOLS, LabelWords, Protocol, Replacement, classifier_outputs,
+                           default_replacement, label_word_ids, lm_predictions, measured_targets, perturb,
                            ranked_positions, replaced_positions, replacement_id, top_count)
 from .prompted import (Confidence, cached_lm_outputs, check_confidence, column_probabilities, lm_explain_options,
-                       lm_predictions, prompt_template)
+                       prompt_template)
 from .results import FaithfulnessResult
 
 MethodOrAttributions = Union[str, Sequence[Attribution]]

@@ -233,3 +233,16 @@ def causal_lm_outputs(model: PreTrainedModel, pads: dict[str, int], inputs: list
             top[idx] = logits.argmax(-1).cpu().numpy()
             picked[idx] = logits[:, cols.to(logits.device)].cpu().numpy()
     return picked, lse, top
+
+
+def lm_predictions(model: PreTrainedModel, pads: dict[str, int], rows: Sequence[dict], label_ids: list[int] | None,
+                   batch_tokens: int) -> np.ndarray:
+    """A causal LM's prediction for each encoded row at its last position: the index of the most probable label
+    word, or (``label_ids=None``) the most probable token."""
+    keys = [k for k in rows[0] if k != "special_tokens_mask"]
+    picked, _, top = causal_lm_outputs(model, pads, [{k: np.asarray(r[k], dtype=np.int64) for k in keys}
+                                                     for r in rows], batch_tokens, label_ids, False)
+    return picked.argmax(-1) if label_ids else top
+
+
+# --- several methods, cached ---------------------------------------------------------------------------------------
