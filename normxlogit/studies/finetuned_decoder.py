@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -234,57 +233,3 @@ def layer_faithfulness(
         out[layer] = result
     return out
 
-
-def prompted_faithfulness(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: Sequence[str],
-    reads: Mapping[str, tuple[str, Mapping[str, Any]]],
-    *,
-    template: str,
-    label_words: Sequence[str],
-    labels: Sequence[int] | None = None,
-    confidences: Sequence[str] = ("label_words", "vocabulary"),
-    replacement: str = "delete",
-    cache: str | Path | None = None,
-    seed: int = 0,
-    explain_batch_size: int = 16,
-) -> dict[str, dict[str, FaithfulnessResult]]:
-    """``{confidence: {read: result}}`` for a prompted causal LM read through its label-word head.
-
-    ``reads``: ``{name: (method, explain options)}``, e.g. ``{"normxlogit (contrast)": ("normxlogit",
-    {"contrast": True})}``. Each read's attributions (of the predicted label word, with ``template`` and
-    ``label_words``) are computed once and scored with each confidence (the predicted word's probability over the
-    label words, or over the vocabulary); cached like :func:`faithfulness_by_replacement`.
-    """
-    folder = Path(cache) if cache is not None else None
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-    base = [_VERSION, model_fingerprint(model), list(texts), None if labels is None else [float(x) for x in labels],
-            template, list(label_words), replacement, seed]
-    out: dict[str, dict[str, FaithfulnessResult]] = {c: {} for c in confidences}
-    # Perturbed prompts already run (by another read or confidence) are read back instead of run again.
-    shared = {"forward_cache": {}} if "forward_cache" in inspect.signature(evaluate).parameters else {}
-    for name, (method, options) in reads.items():
-        options = dict(options)
-        attrs = None
-        seconds = None
-        for confidence in confidences:
-            path = None if folder is None else folder / f"prompted-{method}-{_key(base, method, options, confidence)}.json"
-            if path is not None and path.is_file():
-                result = FaithfulnessResult.load(path)
-            else:
-                if attrs is None:
-                    start = time.perf_counter()
-                    attrs = explain(model, tokenizer, list(texts), method=method, template=template,
-                                    label_words=list(label_words), seed=seed, batch_size=explain_batch_size, **options)
-                    seconds = round(time.perf_counter() - start, 3)
-                result = evaluate(model, tokenizer, list(texts), attrs, labels=labels, template=template,
-                                  label_words=list(label_words), confidence=confidence, replacement=replacement,
-                                  seed=seed, **shared)
-                result.meta["attribution_seconds"] = seconds
-                if path is not None:
-                    result.save(path)
-            result.method = name
-            out[confidence][name] = result
-    return out
