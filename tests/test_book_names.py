@@ -45,6 +45,14 @@ def _modules() -> dict[str, str]:
 MODULES = _modules()
 
 
+def _third_party(head: str) -> bool:
+    """Whether ``head`` is a package of its own (``captum.metrics``, ``inseq.load_model``): the integrations'
+    modules share their peers' names, and a mention of the peer is not a normxlogit name."""
+    import importlib.util
+
+    return importlib.util.find_spec(head) is not None
+
+
 def _resolve(path: str) -> object:
     """``normxlogit.a.b.c`` as an object: attributes, importing submodules where an attribute is missing."""
     parts = path.split(".")
@@ -103,7 +111,7 @@ def _target(name: str, aliases: dict[str, str]) -> str | None:
         return f"{aliases[head]}.{rest}" if aliases[head] else None
     if head in nx.__all__ if hasattr(nx, "__all__") else hasattr(nx, head) and not head.startswith("_"):
         return f"normxlogit.{name}"
-    if head in MODULES:
+    if head in MODULES and not _third_party(head):
         return f"{MODULES[head]}.{rest}"
     if len(head) == 2 and head.islower():
         return f"<undefined alias {head!r}>.{rest}"
