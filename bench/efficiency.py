@@ -7,8 +7,8 @@ calls of ``nx.explain`` on one input of exactly that many tokens (batch size 1, 
 instance"; the median is recorded too), after a warm-up call on a short input; calls repeat until ``--min-time``
 seconds and at least three calls have passed (or ten times ``--min-time``: very slow calls are timed once).
 
-    python bench/efficiency.py                      # CPU, every registered method -> data/efficiency_cpu.json
-    python bench/efficiency.py --device cuda        # -> data/efficiency_cuda.json
+    python bench/efficiency.py                      # CPU, every registered method -> normxlogit/resources/efficiency_cpu.json
+    python bench/efficiency.py --device cuda        # -> normxlogit/resources/efficiency_cuda.json
     python bench/efficiency.py --methods normxlogit gradient_norm integrated_gradients --lengths 120
     python bench/efficiency.py --methods decompx --threads 1 --min-time 1   # DecompX alone (slow at 512 on a CPU)
 
@@ -209,7 +209,7 @@ def main() -> None:
                         "(at least 3 calls, unless one call takes longer than --min-time)")
     parser.add_argument("--max-repeats", type=int, default=30)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per (method, length) process")
-    parser.add_argument("--out", help="default: data/efficiency_<device>.json")
+    parser.add_argument("--out", help="default: normxlogit/resources/efficiency_<device>.json (shipped with the package: chapter 4 reads it)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
@@ -224,7 +224,7 @@ def main() -> None:
     import normxlogit as nx
 
     methods = args.methods or nx.list_methods() + ["integrated_gradients:internal_batch_size=None"]
-    out = Path(args.out or ROOT / "data" / f"efficiency_{args.device.split(':')[0]}.json")
+    out = Path(args.out or ROOT / "normxlogit" / "resources" / f"efficiency_{args.device.split(':')[0]}.json")
     results = []
     for length in args.lengths:
         for method in methods:

@@ -20,6 +20,7 @@ from .core.attribution import Attribution, load_attributions, save_attributions
 from .core.explain import explain
 from .core.heads import HEADS, HeadSpec, UnsupportedModelError, list_architectures, resolve_head
 from .core.inputs import replacement_token_id
+from .core.label_words import LabelWordHead, chat_template
 from .core.registry import Batch, get_method, list_methods, register_method
 from .data.evidence import evidence_data
 from .evaluation.agreement import correlation_summary, layer_correlations, rank_correlations, token_table
@@ -27,21 +28,26 @@ from .evaluation.alignment import average_precision, dp, evaluate_alignment, lay
 from .evaluation.faithfulness import evaluate, evaluate_methods
 from .evaluation.results import FaithfulnessResult, aopc_table
 from .methods.occlusion import occlude
-from .models import DEFAULT_MODEL, ModelLoadError, default_model_path, load_model
-from .settings import cache_dir, pick, profile
+from .models import DEFAULT_MODEL, ModelLoadError, UntrainedHeadError, default_model_path, load_model
+from .settings import cache_dir, pick, profile, resource
 from .studies.readouts import layer_agreement, layer_readouts
 from .training import pretrained, pretrained_info
 from . import data, evaluation, settings, studies  # noqa: E402  (subpackages as nx.data, nx.evaluation, ...)
 from .corpus import evaluate_dataset, explain_dataset, load_corpus, load_dataset_attributions, to_attributions
-from .generation import GenerationAttribution, GenerationInvariantError, explain_generation, list_generation_methods
+from .generation import (GenerationAttribution, GenerationFaithfulness, GenerationInvariantError, GenerationReport,
+                         evaluate_generation, evaluate_generation_methods, explain_generation,
+                         list_evaluation_methods, list_generation_methods, sentence_spans)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Attribution", "Batch", "DEFAULT_MODEL", "HEADS", "HeadSpec", "ModelLoadError", "UnsupportedModelError",
+    "UntrainedHeadError",
     "cache_dir", "default_model_path", "explain", "get_method", "list_architectures", "list_methods",
-    "load_attributions", "load_model", "methods", "pick", "profile", "register_method", "resolve_head",
+    "load_attributions", "load_model", "methods", "pick", "profile", "register_method", "resolve_head", "resource",
     "save_attributions",
+    # prompted causal LMs as classifiers (template=, label_words= in explain and evaluate)
+    "LabelWordHead", "chat_template",
     # faithfulness
     "FaithfulnessResult", "aopc_table", "evaluate", "evaluate_methods",
     # layer-wise read-outs, rank agreement and occlusion
@@ -57,4 +63,7 @@ __all__ = [
     "evaluate_dataset", "explain_dataset", "load_corpus", "load_dataset_attributions", "to_attributions",
     # generations of causal LMs
     "GenerationAttribution", "GenerationInvariantError", "explain_generation", "list_generation_methods",
+    # sources, citations and the faithfulness of generation attributions
+    "GenerationFaithfulness", "GenerationReport", "evaluate_generation", "evaluate_generation_methods",
+    "list_evaluation_methods", "sentence_spans",
 ]

@@ -14,8 +14,10 @@ _EXAMPLES = """examples:
   normxlogit explain "a gripping , funny film ." --model sst2
   normxlogit explain "a man is playing a flute ." --pair "a man plays the flute ." --model stsb
   normxlogit explain "a gripping film ." --model sst2 --method logat --layer 3 --format json
-  normxlogit explain "the film was [MASK] ." --model all-MiniLM-L6-v2 --task masked-lm --format html -o out.html
+  normxlogit explain "the keys to the cabinet [MASK] here ." --model blimp --format html -o out.html
+  normxlogit explain "a gripping film ." --model SmolLM2-135M-Instruct --template $'Review: {}\nSentiment:' --label-words " negative" " positive" --contrast
   normxlogit explain-generation "What is the capital of France?" --model SmolLM2-135M-Instruct --chat --format html -o out.html
+  normxlogit cite --context notes.txt --question "Who wrote the letter?" --model SmolLM2-135M-Instruct --format html -o cite.html
   normxlogit finetune sst2 stsb
   normxlogit methods
   normxlogit student-notebooks book/ students/
@@ -49,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--norm-source", default="embedding_output",
                     choices=["embedding_output", "word_embedding", "layer"], help="which vector's norm to use")
     ex.add_argument("--max-length", type=int, help="truncate inputs to this many tokens")
+    ex.add_argument("--template", help="a prompt with {} where each text goes, e.g. $'Review: {}\\nSentiment:' "
+                    "(only the inserted text's tokens are ranked)")
+    ex.add_argument("--label-words", nargs="+", metavar="WORD",
+                    help="a causal LM's label words, one token each (e.g. ' negative' ' positive'): the prompted "
+                         "classifier's classes (--task defaults to causal-lm)")
+    ex.add_argument("--contrast", action="store_true",
+                    help="logat/normxlogit: the target's log-odds against the other classes (label words)")
     ex.add_argument("--format", default="text", choices=["text", "json", "html"], help="output format")
     ex.add_argument("-o", "--output", help="write to this file instead of standard output")
     ex.add_argument("--color", default="auto", choices=["auto", "always", "never"],
@@ -68,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     student.add_arguments(st)
     from .generation import add_cli_parser as add_generation_parser
 
-    add_generation_parser(sub)  # explain-generation
+    add_generation_parser(sub)  # explain-generation and cite
     return parser
 
 
@@ -78,7 +87,8 @@ def _load(args: argparse.Namespace):
 
     if args.model in list_recipes():
         return pretrained(args.model)
-    return load_model(args.model, task=args.task or "classification", num_labels=args.num_labels)
+    task = args.task or ("causal-lm" if getattr(args, "label_words", None) else "classification")
+    return load_model(args.model, task=task, num_labels=args.num_labels)
 
 
 def _render_text(attrs, colour: bool) -> str:
@@ -108,8 +118,10 @@ def _explain(args: argparse.Namespace) -> int:
             raise ValueError(f"--pair needs one second text per TEXT ({len(texts)}), got {len(args.pair)}.")
         texts = list(zip(texts, args.pair))
     model, tokenizer = _load(args)
+    prompted = {"template": args.template, "label_words": args.label_words}
+    options = {"contrast": True} if args.contrast else {}
     attrs = explain(model, tokenizer, texts, method=args.method, target=args.target, layer=args.layer,
-                    norm_source=args.norm_source, max_length=args.max_length)
+                    norm_source=args.norm_source, max_length=args.max_length, **prompted, **options)
     if args.format == "json":
         out = json.dumps([a.to_dict() for a in attrs], indent=1) + "\n"
     elif args.format == "html":
@@ -170,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "explain":
             return _explain(args)
-        if args.command == "explain-generation":
+        if args.command in ("explain-generation", "cite"):
             from .generation import run_cli as run_generation
 
             return run_generation(args)

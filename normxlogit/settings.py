@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import os
 import tempfile
 from collections.abc import Iterator
@@ -35,8 +36,22 @@ def cache_dir() -> Path:
 
 
 def project_root() -> Path:
-    """The repository root when running from a checkout (the folder holding ``normxlogit/``)."""
+    """The repository root when running from a checkout (the folder holding ``normxlogit/``).
+
+    Installed from a wheel this is ``site-packages``: files a chapter reads are package data, see :func:`resource`."""
     return Path(__file__).resolve().parent.parent
+
+
+def resource(name: str) -> Path:
+    """A data file shipped inside the package (``normxlogit/resources/<name>``): the measured benchmark tables the
+    book shows (``efficiency_cpu.json``, ``efficiency_decompx_cpu.json``, ``generation_speed_cpu.json``) and the
+    hand-checked BLiMP sample (``blimp_gold.jsonl``). Found the same way from a checkout, a wheel or a git install."""
+    folder = importlib.resources.files("normxlogit") / "resources"
+    path = folder / name
+    if not path.is_file():
+        shipped = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+        raise FileNotFoundError(f"normxlogit ships no resource {name!r}; it has: {', '.join(shipped) or 'none'}.")
+    return Path(str(path))  # a real file: the package is installed as files, not zipped
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -11,6 +11,7 @@ from normxlogit.methods.gradients import (
     embedding_forward,
     raw_grad_x_input,
     raw_gradients,
+    ig_baseline,
     raw_integrated_gradients,
 )
 from normxlogit.core.explain import forward_batch
@@ -178,3 +179,82 @@ def test_baselines_are_registered():
     assert {"gradient_norm", "grad_x_input", "integrated_gradients", "random"} <= methods
     assert all(nx.get_method(m).needs_grad for m in GRADIENT_METHODS)
     assert not nx.get_method("random").needs_grad and not nx.get_method("random").signed
+
+
+# --- signed variants: summed over the hidden dimension, as captum's tutorials and ferret do ----------------------
+
+
+def _captum_reference(model, tok, text, algorithm, **kwargs):
+    """captum on its own: attributions to ``inputs_embeds`` of a BERT classifier, summed over the hidden dimension."""
+    from captum.attr import LayerIntegratedGradients
+
+    enc = tok(text, return_tensors="pt")
+    with torch.no_grad():
+        target = int(model(**enc).logits.argmax(-1))
+    if algorithm == "layer_ig":  # baselines given as token ids, attributed at the word-embedding layer
+        lig = LayerIntegratedGradients(lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits,
+                                       model.get_input_embeddings())
+        attr = lig.attribute(enc["input_ids"], baselines=kwargs.pop("baseline_ids"), target=target,
+                             additional_forward_args=(enc["attention_mask"],), **kwargs)
+        return attr.sum(-1)[0].detach().numpy()
+    embeds = model.get_input_embeddings()(enc["input_ids"]).detach().requires_grad_()
+    forward = lambda e, mask: model(inputs_embeds=e, attention_mask=mask).logits  # noqa: E731
+    attr = algorithm(forward).attribute(embeds, target=target, additional_forward_args=(enc["attention_mask"],),
+                                        **kwargs)
+    return attr.sum(-1)[0].detach().numpy()
+
+
+def test_signed_grad_x_input_equals_captum(make_tiny):
+    from captum.attr import InputXGradient
+
+    model, tok = make_tiny("bert", "classification")
+    attrs = nx.explain(model, tok, TEXTS, method="grad_x_input_signed")
+    for text, a in zip(TEXTS, attrs):
+        np.testing.assert_allclose(a.scores, _captum_reference(model, tok, text, InputXGradient), rtol=1e-4, atol=1e-6)
+    assert (np.concatenate([a.scores for a in attrs]) < 0).any()  # signed: some tokens lower the output
+    unsigned = nx.explain(model, tok, TEXTS, method="grad_x_input")
+    for a, u in zip(attrs, unsigned):
+        assert (np.abs(a.scores) <= u.scores + 1e-6).all()  # |sum| <= sum of |.|
+
+
+def test_signed_integrated_gradients_equal_captum_for_each_baseline(make_tiny):
+    from captum.attr import IntegratedGradients
+
+    model, tok = make_tiny("bert", "classification")
+    zero = nx.explain(model, tok, TEXTS, method="integrated_gradients_signed", n_steps=16, batch_size=2)
+    for text, a in zip(TEXTS, zero):
+        expected = _captum_reference(model, tok, text, IntegratedGradients, baselines=0.0, n_steps=16)
+        np.testing.assert_allclose(a.scores, expected, rtol=1e-3, atol=1e-5)
+    for baseline, token in (("pad", tok.pad_token_id), ("mask", tok.mask_token_id)):
+        got = nx.explain(model, tok, TEXTS, method="integrated_gradients_signed", n_steps=16, baseline=baseline)
+        for text, a in zip(TEXTS, got):
+            ids = tok(text, return_tensors="pt")["input_ids"]
+            base = ids.clone()
+            base[0, 1:-1] = token  # [CLS] and [SEP] kept, as in captum's BERT tutorial
+            expected = _captum_reference(model, tok, text, "layer_ig", baseline_ids=base, n_steps=16)
+            np.testing.assert_allclose(a.scores, expected, rtol=1e-3, atol=1e-5)
+    pad = nx.explain(model, tok, TEXTS[0], method="integrated_gradients_signed", n_steps=16, baseline="pad")
+    assert not np.allclose(pad.scores, zero[0].scores)  # the baseline matters
+
+
+def test_signed_integrated_gradients_completeness(make_tiny):
+    """Summed over tokens, signed IG gives f(x) - f(baseline) (captum's Gauss-Legendre rule, 64 steps)."""
+    model, tok = make_tiny("bert", "classification")
+    batch = make_batch(model, tok, TEXTS[:2])
+    forward = embedding_forward(batch)
+    embeddings, extra = forward.arguments(batch)
+    rows = torch.arange(2)
+    for baseline in ("zero", "pad"):
+        ig = raw_integrated_gradients(batch, n_steps=64, baseline=baseline)
+        start = torch.zeros_like(embeddings) if baseline == "zero" else ig_baseline(batch, baseline)
+        with torch.no_grad():
+            gap = forward(embeddings, *extra)[rows, batch.targets] - forward(start, *extra)[rows, batch.targets]
+        torch.testing.assert_close(ig.sum((1, 2)), gap, atol=2e-3, rtol=2e-2)
+
+
+def test_ig_baseline_errors_say_what_to_use(make_tiny):
+    model, tok = make_tiny("bert", "classification")
+    with pytest.raises(ValueError, match="baseline must be one of zero, pad, mask"):
+        nx.explain(model, tok, TEXTS[0], method="integrated_gradients_signed", baseline="blur")
+    assert nx.get_method("grad_x_input_signed").signed and nx.get_method("integrated_gradients_signed").signed
+    assert not nx.get_method("integrated_gradients").signed

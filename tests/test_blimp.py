@@ -11,7 +11,7 @@ from normxlogit.data import blimp, evidence
 from normxlogit.data.benchmarks import DataNotFoundError, data_dirs
 from normxlogit.data.blimp import BlimpExample, SkippedPair
 
-GOLD_PATH = Path(__file__).parent / "data" / "blimp_gold.jsonl"
+GOLD_PATH = Path(__file__).parent.parent / "normxlogit" / "resources" / "blimp_gold.jsonl"  # shipped: chapter 5 reads it
 
 
 def _blimp_root() -> Path | None:

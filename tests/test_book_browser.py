@@ -10,6 +10,11 @@ a temporary folder, serves it over HTTP on localhost and opens every page of ``_
   raw ``$...$``, ``\\(``, ``\\[`` left in the text outside code;
 - nothing wider than the viewport: no element sticks out past the right edge unless it sits inside a container
   that scrolls or clips it (a wide table in a scrolling cell output is fine).
+- every figure at its natural aspect ratio (displayed width/height within 2%);
+- no table cell whose text wraps inside a number or a word (``0.24`` / ``5``);
+- no heading in a cell's HTML output that outranks the section around it or is set larger than 1.2x the text;
+- no content hidden sideways in a scroller without a scroll cue of its own (the edge shadows of ``custom.css``);
+- solution cells fold their code and their output; exercises on a chapter's page are numbered within the chapter.
 
 Without Chromium, chromedriver or selenium the browser tests skip and say how to install them (CI installs them in
 .ci/run). The build itself is checked too: no Sphinx warnings.
@@ -59,7 +64,15 @@ def toc_pages() -> list[str]:
 
 @pytest.fixture(scope="module")
 def built_book(tmp_path_factory) -> tuple[Path, str]:
-    """(the html folder, the build log) of a fresh build in a temporary folder."""
+    """(the html folder, the build log) of a fresh build in a temporary folder.
+
+    ``NORMXLOGIT_BOOK_BUILD=<folder>`` reuses a build made with ``jupyter-book build . --path-output <folder>``
+    (its log read from ``<folder>/build.log`` when there is one), to iterate on the browser checks quickly."""
+    if reuse := os.environ.get("NORMXLOGIT_BOOK_BUILD"):
+        html = Path(reuse) / "_build" / "html"
+        assert (html / "index.html").is_file(), f"NORMXLOGIT_BOOK_BUILD={reuse} holds no built book"
+        log = Path(reuse) / "build.log"
+        return html, log.read_text() if log.is_file() else ""
     jb = shutil.which("jupyter-book")
     if jb is None:
         pytest.fail("jupyter-book is not installed: pip install -r requirements.txt")
@@ -83,6 +96,25 @@ def test_every_toc_page_is_built(built_book):
     html, _ = built_book
     missing = [p for p in toc_pages() if not (html / f"{p}.html").is_file()]
     assert not missing
+
+
+def test_the_teachers_downloads_are_built_and_linked(built_book):
+    # Student copies and the teaching kit are written at build time from the chapters (book/_ext/book_extras.py).
+    import json
+
+    html, _ = built_book
+    page = (html / "book" / "teachers.html").read_text()
+    links = re.findall(r'href="\.\./(_static/downloads/[^"]+)"', page)
+    missing = [link for link in links if not (html / link).is_file()]
+    assert links and not missing, missing
+    chapters = [Path(p).name for p in toc_pages() if re.match(r"book/\d\d_", p)]
+    for name in chapters:
+        assert f"_static/downloads/students/{name}.ipynb" in links, f"no student copy of {name} on the teachers' page"
+        copy = json.loads((html / "_static/downloads/students" / f"{name}.ipynb").read_text())
+        assert copy["metadata"]["normxlogit"]["student_copy"]
+        assert not any(c.get("outputs") for c in copy["cells"]), f"{name}: a student copy keeps no outputs"
+        assert "BEGIN SOLUTION" not in json.dumps(copy), f"{name}: a solution left in the student copy"
+        assert f"_static/downloads/teaching/{name}/slides.md" in links
 
 
 def test_the_repository_url_is_the_same_everywhere():
@@ -213,7 +245,99 @@ for (let n = walker.nextNode(); n; n = walker.nextNode()) {
 }
 const images = Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))
     .map(i => `${describe(i)}: ${(i.currentSrc || i.src || '(no src)').slice(-100)}`);
+// Figures keep their aspect ratio: displayed width / height within 2% of the image's natural one.
+const squashed = [];
+for (const img of document.images) {
+  const r = img.getBoundingClientRect();
+  if (!(img.naturalWidth > 0 && img.naturalHeight > 0) || r.width < 2 || r.height < 2) continue;
+  const natural = img.naturalWidth / img.naturalHeight, shown = r.width / r.height;
+  if (Math.abs(shown / natural - 1) > 0.02)
+    squashed.push(`${describe(img)}: shown ${Math.round(r.width)}x${Math.round(r.height)} px, ` +
+                  `${(100 * shown / natural).toFixed(0)}% of its natural aspect ratio`);
+}
+// Table cells never wrap inside a number or a word: each word's glyphs sit on one line. A word is a run of letters
+// and digits (with inner . , ' as in 0.245 or 1,500, and a leading minus sign); lines may break between words
+// and after a hyphen or slash inside a compound ("leave-one-out", "SST-2").
+const broken = [];
+const word = /(?<![\p{L}\p{N}])[-−]?[\p{L}\p{N}]+(?:[.,'’][\p{L}\p{N}]+)*/gu;
+for (const cell of document.querySelectorAll('.bd-article td, .bd-article th')) {
+  const cs = getComputedStyle(cell);
+  if (!cell.checkVisibility()) continue;  // inside a folded solution or a closed <details>
+  const texts = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+  let found = null;
+  for (let n = texts.nextNode(); n && !found; n = texts.nextNode()) {
+    for (const m of n.textContent.matchAll(word)) {
+      if (m[0].length < 2) continue;
+      const range = document.createRange();
+      range.setStart(n, m.index);
+      range.setEnd(n, m.index + m[0].length);
+      const rects = Array.from(range.getClientRects()).filter(q => q.width > 0.5);
+      const tops = rects.map(q => q.top);
+      if (tops.length > 1 && Math.max(...tops) - Math.min(...tops) > rects[0].height / 2) {
+        found = m[0];
+        break;
+      }
+    }
+  }
+  if (found) broken.push(`${describe(cell)}: "${found}" is split over lines (cell: "${cell.textContent.trim().slice(0, 60)}")`);
+}
+// Headings inside a cell's output read as labels of that output: deeper than the section that holds them and no
+// larger than 1.2 times the page's running text (a large heading in an output looks like a section of the chapter).
+const bodySize = parseFloat(getComputedStyle(document.querySelector('.bd-article p') || document.body).fontSize);
+const outranking = [];
+for (const h of document.querySelectorAll('.cell_output h1, .cell_output h2, .cell_output h3, .cell_output h4, ' +
+                                           '.cell_output h5, .cell_output h6')) {
+  const level = +h.tagName[1];
+  const section = h.closest('section[id]');
+  const own = section && section.querySelector(':scope > h1, :scope > h2, :scope > h3, :scope > h4, :scope > h5');
+  const sectionLevel = own ? +own.tagName[1] : 1;
+  const size = parseFloat(getComputedStyle(h).fontSize);
+  if (level <= sectionLevel || size > 1.2 * bodySize)
+    outranking.push(`${describe(h)}: <${h.tagName.toLowerCase()}> "${h.textContent.trim().slice(0, 50)}" at ` +
+                    `${size}px inside an <h${sectionLevel}> section (running text ${bodySize}px)`);
+}
+// Content that overflows sideways scrolls (never clipped out of reach) and shows that it does: on phones and in
+// many desktop settings scrollbars are overlays that appear only while scrolling, so a scroller whose content is
+// cut at its edge must draw a cue of its own (the book's edge shadows, a gradient background).
+const hiddenOverflow = [];
+for (const el of document.querySelectorAll('.bd-article *')) {
+  if (el.scrollWidth <= el.clientWidth + 1 || el.clientWidth === 0) continue;
+  const cs = getComputedStyle(el);
+  if (cs.display === 'none' || cs.visibility === 'hidden' || cs.display === 'inline') continue;
+  if (cs.overflowX === 'visible') continue;  // overflow that is not cut is checked by `wide` above
+  if (!el.checkVisibility()) continue;
+  if (el.matches('mjx-container *, .nxg-tok, .sd-tab-set *')) continue;
+  // How far the visible content reaches past the box (MathJax's screen-reader copy is clipped on purpose).
+  const edge = el.getBoundingClientRect().left + el.clientLeft + el.clientWidth;
+  let reach = 0;
+  for (const d of el.querySelectorAll('*')) {
+    if (d.closest('mjx-assistive-mml') || !d.checkVisibility()) continue;
+    const q = d.getBoundingClientRect();
+    if (q.width > 0 && q.height > 0) reach = Math.max(reach, q.right - edge);
+  }
+  const inner = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+  for (let n = inner.nextNode(); n; n = inner.nextNode()) {
+    if (!n.textContent.trim() || n.parentElement.closest('mjx-assistive-mml') || !n.parentElement.checkVisibility())
+      continue;
+    const range = document.createRange();
+    range.selectNodeContents(n);
+    for (const q of range.getClientRects()) if (q.width > 0) reach = Math.max(reach, q.right - edge);
+  }
+  if (reach <= 2) continue;
+  const scrolls = cs.overflowX === 'auto' || cs.overflowX === 'scroll';
+  const cue = /gradient/.test(cs.backgroundImage);
+  if (!scrolls || !cue)
+    hiddenOverflow.push(`${describe(el)}: ${Math.round(reach)} px hidden sideways ` +
+                        `(overflow-x: ${cs.overflowX}${scrolls ? ', no scroll cue' : ', cannot be scrolled'})`);
+}
+// A solution shows nothing, neither its code nor its output, until the reader opens it.
+const solutionsShown = Array.from(document.querySelectorAll('.cell.tag_solution'))
+    .filter(c => Array.from(c.querySelectorAll('.cell_input, .cell_output')).some(e => e.checkVisibility()))
+    .map(c => describe(c));
+const exerciseTitles = Array.from(document.querySelectorAll('.exercise .admonition-title'))
+    .map(t => t.textContent.trim().slice(0, 60));
 return {
+  squashed, broken, outranking, hiddenOverflow, solutionsShown, exerciseTitles,
   innerWidth: window.innerWidth, clientWidth: vw, scrollWidth: document.documentElement.scrollWidth,
   wide, maths: maths.length, mjx: document.querySelectorAll('mjx-container').length, unrendered, texErrors, raw,
   images, nimages: document.images.length,
@@ -249,4 +373,13 @@ def test_page_in_the_browser(browser, server, page, width):
         problems.append(f"the page scrolls sideways: {report['scrollWidth']} px of content in a "
                         f"{report['clientWidth']} px viewport")
     problems += [f"wider than the viewport: {w}" for w in report["wide"]]
+    problems += [f"figure squashed: {s}" for s in report["squashed"]]
+    problems += [f"table cell wraps inside a word: {b}" for b in report["broken"]]
+    problems += [f"output heading outranks the page's: {h}" for h in report["outranking"]]
+    problems += [f"hidden horizontal overflow: {h}" for h in report["hiddenOverflow"]]
+    problems += [f"a solution cell shows its code or output before it is opened: {c}" for c in report["solutionsShown"]]
+    if (number := re.match(r"book/(\d\d)_", page)) and report["exerciseTitles"]:
+        chapter = int(number.group(1))  # exercises are numbered per chapter: "Exercise 4.2"
+        problems += [f"exercise not numbered within chapter {chapter}: {t!r}" for t in report["exerciseTitles"]
+                     if not re.match(rf"Exercise {chapter}\.\d+\b", t)]
     assert not problems, f"{page} at {width} px:\n" + "\n".join(problems)

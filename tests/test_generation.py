@@ -322,6 +322,9 @@ def test_result_views_and_strict_json(make_tiny, tmp_path):
     page = r.to_html(step=1)
     assert page.count("<details") == len(r) and page.count("<details open") == 1
     assert "overflow-wrap:anywhere" in page and "overflow-x:auto" in page and r._repr_html_() == r.to_html()
+    # Labels, not headings (they would outrank the page's sections); the scrolling matrix shows edge shadows.
+    assert "<h" not in page.replace("<hr", "") and "<strong>All steps</strong>" in page
+    assert "radial-gradient" in page and "no-repeat local" in page
     with pytest.raises(IndexError):
         r.to_html(step=len(r))
     unsigned = nx.explain_generation(model, tok, PROMPT, continuation=r.generated_ids, method="gradient_norm")

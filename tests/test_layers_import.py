@@ -11,7 +11,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "normxlogit"
 #: layer of each top-level part of the package; a module may import from its own layer or lower ones.
 LAYERS = {"settings": 0, "models": 0, "local_models": 0, "core": 1, "methods": 2, "evaluation": 3, "data": 4, "training": 5,
-          "studies": 6, "corpus": 7, "generation": 7, "student": 7, "__init__": 8, "cli": 8}
+          "studies": 6, "corpus": 7, "generation": 7, "student": 7, "teaching": 7, "__init__": 8, "cli": 8,
+          "integrations": 8}
 MAX_LINES = 450
 
 

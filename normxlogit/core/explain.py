@@ -7,10 +7,8 @@ registered method over them; :func:`explain` is validation + :func:`~normxlogit.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import operator
-import warnings
 from collections.abc import Iterator, Sequence
 from typing import Callable
 
@@ -19,10 +17,13 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..models import Task
+from ..models import Task, check_trained_head
 from .attribution import Attribution
-from .heads import Head, check_head, id_logits, pooled_positions, resolve_head
+from .compat import check_batch_invariance, check_token_aligned, head_read_errors, length_errors, probe_alone
+from .heads import Head, UnsupportedModelError, check_head, head_spec, id_logits, pooled_positions, resolve_head
+from .padding import lent_pad, padding_for, pooled_pad_id, rows_padding
 from .inputs import Encoded, TextInput, Texts, encode, eval_mode, model_device, model_inputs, padded_batches
+from .label_words import LabelWordHead, LabelWords, label_word_head
 from .registry import NORM_SOURCES, Batch, get_method
 
 LM_TASKS = ("masked-lm", "causal-lm")
@@ -40,7 +41,11 @@ def resolve_layer(layer: int, num_layers: int) -> int:
 def num_layers_of(model: PreTrainedModel) -> int:
     """The number of transformer layers of ``model`` (from its config; a multimodal config's text part)."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
+    for name in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    raise UnsupportedModelError(f"Cannot tell how many layers a {type(model).__name__} has: its config has none of "
+                                "num_hidden_layers, n_layer, num_layers, n_layers (a model outside the head table).")
 
 
 # --- the forward pass shared by all methods ----------------------------------------------------------------------
@@ -61,7 +66,7 @@ def _explained_positions(head: Head, inputs: dict[str, Tensor], tokenizer: PreTr
                 f"have no {tokenizer.mask_token} token. Put {tokenizer.mask_token} where the word to predict goes."
             )
         return is_mask.float().argmax(-1)
-    if head.task == "causal-lm":
+    if head.task == "causal-lm" or isinstance(head, LabelWordHead):  # the next token (label word) after the last
         return pooled_positions(mask, "last")
     if head.position is not None:
         lengths = mask.long().sum(-1)
@@ -70,56 +75,7 @@ def _explained_positions(head: Head, inputs: dict[str, Tensor], tokenizer: PreTr
             raise ValueError(f"pooling={head.position} is outside a text of {int(lengths.min())} tokens; pass a "
                              "position (0-based, non-negative) that every text has.")
         return torch.full_like(lengths, position)
-    return pooled_positions(mask, head.pooling, inputs["input_ids"], getattr(model.config, "pad_token_id", None))
-
-
-def padding_for(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, head: Head
-) -> tuple[dict[str, int], int | None]:
-    """The values to pad a batch with, and a pad id to lend the model's config during the forward (or None).
-
-    Nothing of the caller's is changed. Decoder classifiers pool the last token that is not ``config.pad_token_id``,
-    so batches are padded with that id; where the config has none, the tokenizer's pad (else EOS) id is lent to it
-    for the forward pass only. A tokenizer whose pad id differs from the config's gets a warning saying how to make
-    them agree.
-    """
-    config_pad = getattr(model.config, "pad_token_id", None)
-    tok_pad = getattr(tokenizer, "pad_token_id", None)
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is None:
-        eos = getattr(model.config, "eos_token_id", None)
-        eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
-    pools_last = head.task in ("classification", "regression") and head.pooling == "last" and head.position is None
-    if pools_last and config_pad is not None:
-        if tok_pad is not None and tok_pad != config_pad:
-            warnings.warn(
-                f"The tokenizer pads with id {tok_pad}, but this {type(model).__name__} pools the last token that is "
-                f"not its config.pad_token_id={config_pad}; normxlogit pads with {config_pad}, as the model expects. "
-                "Set tokenizer.pad_token_id = model.config.pad_token_id (or the reverse) to make them agree.",
-                stacklevel=4,
-            )
-        pad = config_pad
-    else:
-        pad = next((p for p in (tok_pad, config_pad, eos) if p is not None), None)
-    if pad is None:
-        raise ValueError("Neither the tokenizer nor the model config has a pad or EOS token to pad batches with; set "
-                         "tokenizer.pad_token first (e.g. tokenizer.pad_token = tokenizer.eos_token).")
-    type_pad = getattr(tokenizer, "pad_token_type_id", 0) if tokenizer is not None else 0
-    return {"input_ids": int(pad), "token_type_ids": type_pad}, (int(pad) if pools_last and config_pad is None else None)
-
-
-@contextlib.contextmanager
-def lent_pad(model: PreTrainedModel, pad_id: int | None) -> Iterator[None]:
-    """Lend ``config.pad_token_id`` for the block (decoder classifiers need one to batch), then restore it."""
-    if pad_id is None:
-        yield
-        return
-    before = model.config.pad_token_id
-    model.config.pad_token_id = pad_id
-    try:
-        yield
-    finally:
-        model.config.pad_token_id = before
+    return pooled_positions(mask, head.pooling, inputs["input_ids"], pooled_pad_id(model))
 
 
 def forward_batch(
@@ -144,8 +100,13 @@ def forward_batch(
     inputs = model_inputs(model, inputs)
     if positions is None:
         positions = _explained_positions(head, inputs, tokenizer, model)
-    with torch.no_grad():
+    with torch.no_grad(), length_errors(model, inputs):
         out, logits = _forward_at(model, head, inputs, positions)
+    check_token_aligned(model, out.hidden_states, inputs["input_ids"])
+    if head_spec(model) is None and (len(positions) > 1 or not bool(inputs["attention_mask"].all())):
+        # a family outside the table (not tested for it): its first text must give the same output alone
+        alone = probe_alone(model, inputs, lambda row: _forward_at(model, head, row, positions[:1])[1])
+        check_batch_invariance(model, alone, logits[:1], *inputs["input_ids"].shape)
     num_classes = logits.shape[-1]
     if head.task == "regression":
         predictions = logits[:, 0].float()
@@ -161,7 +122,8 @@ def forward_batch(
                 what = "token ids" if head.task.endswith("lm") else "classes"
                 raise ValueError(f"target {bad[0]} is out of range: this model has {num_classes} {what} (0..{num_classes - 1}).")
     if head.check:
-        self_check(model, head, out.hidden_states[-1], positions, logits, targets)
+        with head_read_errors(model, head.source, out.hidden_states[-1]):
+            self_check(model, head, out.hidden_states[-1], positions, logits, targets)
     return Batch(model, tokenizer, head, head.task, inputs, special, out.hidden_states, logits, positions, targets,
                  predictions, layer, norm_source, indices, seed)
 
@@ -189,7 +151,8 @@ def _forward_at(model: PreTrainedModel, head: Head, inputs: dict[str, Tensor], p
     only the explained positions, so the logits still come from the model's own forward code (soft-capping and
     scaling included) at a fraction of the cost.
     """
-    decoder = model.get_output_embeddings() if head.task in LM_TASKS else None
+    label_words = isinstance(head, LabelWordHead)
+    decoder = model.get_output_embeddings() if head.task in LM_TASKS or label_words else None
     rows = torch.arange(len(positions), device=positions.device)
     sliced = False
 
@@ -211,6 +174,8 @@ def _forward_at(model: PreTrainedModel, head: Head, inputs: dict[str, Tensor], p
     logits = out.logits
     if logits.dim() == 3:  # LMs: the output at the explained position
         logits = logits[:, 0] if sliced else logits[rows.to(logits.device), positions.to(logits.device)]
+    if label_words:  # the model's own logits of the label words: the prompted classifier's output (B, C)
+        logits = logits[:, torch.as_tensor(head.label_ids, device=logits.device)]
     return out, logits
 
 
@@ -237,7 +202,7 @@ def iter_batches(
     """
     rows = encoded.rows if isinstance(encoded, Encoded) else list(encoded)
     device = model_device(model)
-    pads, lend = padding_for(model, tokenizer, head)
+    pads, lend = rows_padding(model, tokenizer, head, rows, *padding_for(model, tokenizer, head))
     with eval_mode(model), lent_pad(model, lend):
         for idx, inputs, special in padded_batches(pads, rows, device, batch_size=batch_size,
                                                    progress=progress, desc=desc):
@@ -283,7 +248,10 @@ def _targets_per_text(target, n: int, task: Task) -> list[int] | None:
     return targets
 
 
-def _label(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, value: int) -> str | int:
+def _label(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, value: int,
+           head: Head | None = None) -> str | int:
+    if isinstance(head, LabelWordHead):
+        return head.label_words[int(value)]
     if task.endswith("lm"):
         return tokenizer.convert_ids_to_tokens(int(value))
     id2label = getattr(model.config, "id2label", None) or {}
@@ -307,20 +275,24 @@ def attribute(
     seed: int = 0,
     progress: bool = False,
     first_index: int = 0,
+    label_words: LabelWords | None = None,
     **options,
 ) -> list[Attribution]:
     """:func:`explain` for texts already :func:`~normxlogit.core.inputs.encode`-d: one :class:`Attribution` each.
 
     ``first_index``: the index of the first text in the caller's whole dataset, for seeded methods (see
-    :func:`iter_batches`).
+    :func:`iter_batches`). ``label_words``: read a causal LM through its :class:`LabelWordHead`.
     """
     spec = get_method(method)
+    check_trained_head(model, "explain")
     if norm_source not in NORM_SOURCES:
         raise ValueError(f"norm_source must be one of {', '.join(NORM_SOURCES)}, not {norm_source!r}.")
     batch_size = whole_number(batch_size, "batch_size")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     resolved = head if isinstance(head, Head) else resolve_head(model, task, head, pooling=pooling, check=check_head)
+    if label_words is not None:
+        resolved = label_word_head(resolved, tokenizer, label_words)
     layer_index = resolve_layer(whole_number(layer, "layer"), num_layers_of(model))
     targets = _targets_per_text(target, len(encoded), resolved.task)
     results: list[Attribution | None] = [None] * len(encoded)
@@ -331,6 +303,8 @@ def attribute(
             scores = spec.fn(batch, **options).detach().float().cpu().numpy()
         for j, i in enumerate(index - first_index for index in batch.indices):
             results[i] = _attribution(batch, j, scores[j], encoded.items[i], encoded.rows[i], method, spec.layerwise)
+            if encoded.template is not None:
+                results[i].meta["template"] = encoded.template
     return [r for r in results if r is not None]
 
 
@@ -351,6 +325,8 @@ def explain(
     check_head: bool = True,
     seed: int = 0,
     progress: bool = False,
+    template: str | None = None,
+    label_words: LabelWords | None = None,
     **options,
 ) -> Attribution | list[Attribution]:
     """Attribute the model's output to the input tokens.
@@ -364,7 +340,16 @@ def explain(
     callable ``(N, hidden) -> (N, classes)`` for architectures the head table does not know, with ``pooling``
     saying where it reads (``"first"``, ``"last"`` or a position), e.g.
     ``nx.explain(model, tok, texts, head=lambda h: model.logits_proj(model.sequence_summary.summary(h)),
-    pooling="last")``. Extra keyword ``options`` go to the method (e.g. ``n_steps`` for integrated gradients).
+    pooling="last")``. Extra keyword ``options`` go to the method (e.g. ``n_steps`` for integrated gradients;
+    ``contrast=True`` for ``logat`` and ``normxlogit``: the target's log-odds against the other classes).
+
+    A prompted causal LM as a classifier: ``template`` puts each text into a prompt (``{}`` where the text goes, two
+    for pairs; only the inserted text's tokens are ranked, the template's are treated like special tokens) and
+    ``label_words`` (one token each, e.g. ``[" negative", " positive"]``) make the label-word head
+    (:class:`~normxlogit.core.label_words.LabelWordHead`): the prediction is the most probable label word at the last
+    position, its index the class (``target`` indexes ``label_words``), and LogAt of a token is that word's logit
+    read on the token's final state. E.g. ``nx.explain(model, tok, reviews, template="Review: {}\nSentiment
+    (positive or negative):", label_words=[" negative", " positive"], contrast=True)``.
 
     Every call checks itself: at the explained position the head read on the final hidden state must give the
     model's own output logits (1e-4 relative in float32), else a :class:`~normxlogit.core.heads.HeadMismatchError`
@@ -372,11 +357,14 @@ def explain(
     and model config are left as they were.
     """
     get_method(method)  # unknown names fail before any tokenisation
+    check_trained_head(model, "explain")
     if norm_source not in NORM_SOURCES:
         raise ValueError(f"norm_source must be one of {', '.join(NORM_SOURCES)}, not {norm_source!r}.")
     resolve_layer(whole_number(layer, "layer"), num_layers_of(model))
     resolved = resolve_head(model, task, head, pooling=pooling, check=check_head)
-    encoded = encode(model, tokenizer, texts, max_length)
+    if label_words is not None:
+        resolved = label_word_head(resolved, tokenizer, label_words)
+    encoded = encode(model, tokenizer, texts, max_length, template=template)
     out = attribute(model, tokenizer, encoded, method, target=target, layer=layer, norm_source=norm_source,
                     batch_size=batch_size, head=resolved, seed=seed, progress=progress, **options)
     return out[0] if encoded.single else out
@@ -390,8 +378,10 @@ def _attribution(batch: Batch, j: int, scores: np.ndarray, text: TextInput, row:
     target = None if task == "regression" else int(batch.targets[j])
     meta = {"task": task}
     if task != "regression":
-        meta["target_label"] = _label(batch.model, batch.tokenizer, task, target)
-        meta["prediction_label"] = _label(batch.model, batch.tokenizer, task, prediction)
+        meta["target_label"] = _label(batch.model, batch.tokenizer, task, target, batch.head)
+        meta["prediction_label"] = _label(batch.model, batch.tokenizer, task, prediction, batch.head)
+        if isinstance(batch.head, LabelWordHead):
+            meta["label_words"] = list(batch.head.label_words)
         meta["target_logit"] = float(batch.logits[j, target])
     else:
         meta["prediction_label"] = round(prediction, 4)

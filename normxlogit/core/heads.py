@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 
 from ..models import Task, check_task, detect_task
 from .architectures import HEADS, HeadSpec, Reader, UnsupportedModelError, list_architectures
+from .compat import check_input_embeddings
 
 Pooling = Literal["first", "last", "every"]
 
@@ -211,6 +212,7 @@ def resolve_head(
     (:func:`check_head`) that every call otherwise runs.
     """
     task = check_task(model, task) if task is not None else detect_task(model)
+    check_input_embeddings(model)
     model_type = getattr(model.config, "model_type", "")
     spec = HEADS.get(model_type)
     if spec is not None and spec.unsupported and head is None:
@@ -228,7 +230,7 @@ def resolve_head(
         chosen: Pooling = "every" if is_lm else ("last" if pooling == "last" else "first")
         if not is_lm and pooling is None and spec is not None:
             chosen = spec.pooling
-        return Head(model, head, task, chosen, final_norm, None, "user", fixed, check)
+        return Head(model, checked_head(model, task, head), task, chosen, final_norm, None, "user", fixed, check)
     source = "table"
     reader = None
     table_pooling: Pooling = "first"
@@ -250,6 +252,76 @@ def resolve_head(
     chosen = "every" if is_lm else (pooling if pooling in ("first", "last") else table_pooling)
     return Head(model, lambda states, r=reader: r(model, states), task, chosen, final_norm, post, source, fixed,
                 check)
+
+
+def _hidden_width(model: PreTrainedModel) -> int | None:
+    """The width of the model's hidden states, from its (text) config; None when the config does not say."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for name in ("hidden_size", "d_model", "n_embd", "dim"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def checked_head(model: PreTrainedModel, task: Task, head: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """A user's ``head=``, checked: it must be callable, and map hidden states (N, hidden) to a tensor (N, C) with
+    C = the model's number of classes (1 for regression; any C for an LM). It is called once here on probe states
+    (N = 2, the config's hidden width, the model's dtype and device; a head that cannot take them is checked on its
+    first real call), and every later output is checked the same way, so a wrong return value is a clear error
+    rather than an IndexError from deep inside a method."""
+    if not callable(head):
+        raise TypeError(f"head= must be a callable mapping hidden states (N, hidden) to logits (N, classes), e.g. "
+                        f"head=lambda h: model.classifier(h); got {type(head).__name__} ({head!r:.80}).")
+    sequence = task in ("classification", "regression")
+    classes = (1 if task == "regression" else int(model.config.num_labels)) if sequence else None
+    want = (f"(N, {classes}): one row per hidden state, one column per "
+            + ("output (regression)" if task == "regression" else f"class (this model has {classes})")
+            if sequence else "(N, vocabulary): one row per hidden state")
+
+    def check(out, states: Tensor) -> None:
+        n = states.shape[0] if states.dim() > 1 else 1
+        if isinstance(out, Tensor) and out.dim() == 2 and out.shape[0] == n and (classes is None
+                                                                              or out.shape[1] == classes):
+            return
+        if isinstance(out, Tensor):
+            got = f"a tensor of shape {tuple(out.shape)}"
+        else:
+            shape = getattr(out, "shape", None)
+            got = f"a {type(out).__module__}.{type(out).__name__}" + (f" of shape {tuple(shape)}" if shape else "")
+        hint = ""
+        if not isinstance(out, Tensor):
+            hint = " Return a torch tensor (computed from the states with torch, so that gradients flow)."
+        elif out.dim() == 1 and out.shape[0] == n:
+            hint = " Keep the class dimension (e.g. .unsqueeze(-1) for one output)."
+        elif out.dim() >= 1 and out.shape[0] != n:
+            hint = " It must keep every row: pool nothing, the explained position is chosen with pooling=."
+        error = ValueError if isinstance(out, Tensor) else TypeError
+        raise error(f"head= must return a torch.Tensor of shape {want}; given hidden states of shape "
+                    f"{tuple(states.shape)} it returned {got}.{hint}")
+
+    def checked(states: Tensor) -> Tensor:
+        out = head(states)
+        check(out, states)
+        return out
+
+    width = _hidden_width(model)
+    if width is not None:
+        try:
+            parameter = next(model.parameters())
+        except StopIteration:  # pragma: no cover - a model without parameters
+            parameter = None
+        if parameter is not None and parameter.device.type != "meta":
+            probe = torch.randn(2, width, generator=torch.Generator().manual_seed(0)).to(parameter.device,
+                                                                                           parameter.dtype)
+            with torch.no_grad():
+                try:
+                    out = head(probe)
+                except Exception:  # noqa: BLE001 - e.g. OPT's last states are narrower than hidden_size: the
+                    out = None  # check then runs on the first real call
+                if out is not None:
+                    check(out, probe)
+    return checked
 
 
 def pooled_positions(attention_mask: Tensor, pooling: Pooling, input_ids: Tensor | None = None,

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .heads import position_offset
+from .label_words import template_rows
 
 TextInput = Union[str, tuple[str, str]]
 Texts = Union[TextInput, Sequence[TextInput]]
@@ -71,6 +72,9 @@ def model_max_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
     positions = getattr(model.config, "max_position_embeddings", None)
     if isinstance(positions, int) and positions > 0:  # XLNet's -1 means "no limit"
         limits.append(positions - position_offset(model))
+    longest = getattr(model.config, "max_seq_len", None)  # MPT: its ALiBi bias is built for this many positions
+    if isinstance(longest, int) and longest > 0:
+        limits.append(longest)
     return min(limits) if limits else 512
 
 
@@ -117,19 +121,25 @@ class Encoded:
     rows: list[dict[str, list[int]]]
     single: bool
     max_length: int
+    template: str | None = None  # the prompt template the items were put into (None: the items are the inputs)
 
     def __len__(self) -> int:
         return len(self.rows)
 
 
 def encode(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Texts | Encoded, max_length: int | None = None
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Texts | Encoded, max_length: int | None = None,
+    template: str | None = None,
 ) -> Encoded:
     """Validate ``texts`` and tokenise them once, up to ``max_length`` (default and upper bound: the model's limit).
 
-    Already encoded texts are returned as they are, so that callers can pass them down without tokenising twice.
+    ``template``: a prompt with ``{}`` where each text goes (two for pairs); the template's tokens are marked special
+    (never ranked or perturbed), see :func:`~normxlogit.core.label_words.template_rows`. Already encoded texts are
+    returned as they are, so that callers can pass them down without tokenising twice.
     """
     if isinstance(texts, Encoded):
+        if template is not None and template != texts.template:
+            raise ValueError("These texts were encoded with another template; encode them again with this one.")
         return texts
     items, single = normalise_texts(texts)
     limit = model_max_length(model, tokenizer)
@@ -139,12 +149,12 @@ def encode(
         if not 1 < max_length <= limit:
             raise ValueError(f"max_length must be between 2 and the model's limit {limit}, got {max_length}.")
     length = int(max_length or limit)
-    rows = tokenize(tokenizer, items, length)
+    rows = tokenize(tokenizer, items, length) if template is None else template_rows(tokenizer, items, template, length)
     empty = [i for i, r in enumerate(rows) if all(r["special_tokens_mask"])]
     if empty:
         raise ValueError(f"Text {empty[0]} tokenises to special tokens only ({len(empty)} such text(s)); there is no "
                          "word to attribute to. Remove it or check the tokenizer.")
-    return Encoded(items, rows, single, length)
+    return Encoded(items, rows, single, length, template)
 
 
 # --- batching --------------------------------------------------------------------------------------------------------
@@ -205,7 +215,10 @@ def collate(
 
 def model_device(model: nn.Module) -> torch.device:
     """Where the model's inputs go: the input embedding's device (so models spread over devices work too)."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    try:
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    except NotImplementedError:  # no table (CANINE): resolve_head says so; here only the device is wanted
+        embeddings = None
     if embeddings is not None and getattr(embeddings, "weight", None) is not None:
         return embeddings.weight.device
     return next(model.parameters()).device

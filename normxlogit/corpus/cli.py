@@ -52,6 +52,13 @@ def add_cli_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     p.add_argument("--norm-source", default="embedding_output",
                    choices=["embedding_output", "word_embedding", "layer"], help="which vector's norm to use")
     p.add_argument("--max-length", type=int, help="truncate inputs to this many tokens")
+    p.add_argument("--template", help="a prompt with {} where each text goes, e.g. $'Review: {}\\nSentiment:' "
+                    "(only the inserted text's tokens are ranked)")
+    p.add_argument("--label-words", nargs="+", metavar="WORD",
+                    help="a causal LM's label words, one token each (e.g. ' negative' ' positive'): the prompted "
+                         "classifier's classes (--task defaults to causal-lm)")
+    p.add_argument("--contrast", action="store_true",
+                    help="logat/normxlogit: the target's log-odds against the other classes (label words)")
     p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option for the method, e.g. n_steps=20 (repeatable; VALUE is read as JSON if it can be)")
     p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass")
@@ -97,7 +104,8 @@ def _load_model(args: argparse.Namespace, state: "PartialState"):
             if kwargs:
                 raise CorpusError("--dtype and --device-map apply to hub ids and paths, not the fine-tuned defaults.")
             return pretrained(args.model)
-        return load_model(args.model, task=args.task or "classification", num_labels=args.num_labels, **kwargs)
+        task = args.task or ("causal-lm" if args.label_words else "classification")
+        return load_model(args.model, task=task, num_labels=args.num_labels, **kwargs)
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -116,9 +124,11 @@ def run_cli(args: argparse.Namespace) -> int:
             data = ds.select(range(min(args.limit, len(ds))))
         model, tokenizer = _load_model(args, state)
         options: dict[str, Any] = dict(layer=args.layer, norm_source=args.norm_source)
-        for name in ("target", "max_length", "task"):
+        for name in ("target", "max_length", "task", "template", "label_words"):
             if getattr(args, name) is not None:
                 options[name] = getattr(args, name)
+        if args.contrast:
+            options["contrast"] = True
         options.update(_method_options(args.method_option))
         datasets.disable_progress_bars()  # datasets' own bars would interleave with ours
         manifest = explain_dataset(

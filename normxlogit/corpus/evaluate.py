@@ -105,4 +105,5 @@ def merge_results(results: Sequence[FaithfulnessResult]) -> FaithfulnessResult:
         None if first.labels is None else cat([r.labels for r in results]),
         cat([r.n_ranked for r in results]),
         meta,
+        None if any(r.target is None for r in results) else cat([r.target for r in results]),
     )

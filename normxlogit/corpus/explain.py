@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..core.attribution import Attribution
 from ..core.explain import attribute, explain
 from ..core.inputs import encode
+from ..models import check_trained_head
 from .errors import CorpusError
 from .manifest import finish_output, model_names, open_output, pending_shards, read_manifest, run_config
 from .processes import on_main, place_model, process_state, progress_bar
@@ -56,7 +57,8 @@ def explain_dataset(
     ``data``: a ``datasets.Dataset``, a DataFrame, a CSV/TSV/JSONL/JSON/Parquet file or a ``save_to_disk``
     directory. ``text_column`` (and ``pair_column`` for sentence pairs) hold the texts; ``target_column`` optionally
     names the class (or token id) to explain per row (default: the prediction). ``explain_options`` go to
-    :func:`normxlogit.explain` (``layer``, ``norm_source``, ``target``, ``max_length``, ``task``, method options).
+    :func:`normxlogit.explain` (``layer``, ``norm_source``, ``target``, ``max_length``, ``task``, ``template``,
+    ``label_words``, method options such as ``contrast``).
     The scores are those :func:`normxlogit.explain` gives on the whole dataset with the same ``seed``.
 
     Resumable: rerun the same call after an interruption and only the missing shards are computed; a rerun with
@@ -64,6 +66,7 @@ def explain_dataset(
     ``torchrun`` or ``accelerate launch`` every process takes its share of the shards; the model is moved to the
     process's device unless it was loaded with a ``device_map``. Returns the manifest (on every process).
     """
+    check_trained_head(model, "explain_dataset")
     state = process_state()
     place_model(model, state)
     if batch_size < 1 or shard_size < 1:
@@ -101,13 +104,13 @@ def explain_dataset(
     mine = pending[state.process_index :: state.num_processes]
     total = sum(len(shard_rows(k, n, shard_size)) for k in mine)
     bar = progress_bar(total, "explain_dataset", method, state, progress)
-    # What explain() does around attribute(): tokenise with max_length (the rest goes to attribute).
-    max_length = explain_options.get("max_length")
-    options = {k: v for k, v in explain_options.items() if k != "max_length"}
+    # What explain() does around attribute(): tokenise with max_length and template (the rest goes to attribute).
+    max_length, template = explain_options.get("max_length"), explain_options.get("template")
+    options = {k: v for k, v in explain_options.items() if k not in ("max_length", "template")}
     started = time.perf_counter()
     for shard in mine:
         rows = shard_rows(shard, n, shard_size)
-        encoded = encode(model, tokenizer, texts_of(ds, rows, text_column, pair_column), max_length)
+        encoded = encode(model, tokenizer, texts_of(ds, rows, text_column, pair_column), max_length, template=template)
         targets = {"target": [int(t) for t in ds[rows.start : rows.stop][target_column]]} if target_column else {}
         # first_index: the shard's place in the whole dataset, so seeded methods draw per global example index.
         attributions = attribute(model, tokenizer, encoded, method, batch_size=batch_size, seed=seed,

@@ -3,7 +3,7 @@
 Each BLiMP minimal pair differs in one word, the **target** (its good form; the bad form is the **foil**). The
 **cues** are the words that decide the target's form. The paper derived them with a dependency parser and a
 coreference model; BLiMP is generated from templates, so here small rules over its regular structure do the same
-for the agreement paradigms, validated on a hand-checked gold sample (``tests/data/blimp_gold.jsonl``).
+for the agreement paradigms, validated on a hand-checked gold sample (``normxlogit/resources/blimp_gold.jsonl``, read with ``nx.resource``).
 
 Annotation choices (the same for every paradigm, so the families stay comparable):
 

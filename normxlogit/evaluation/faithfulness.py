@@ -10,8 +10,9 @@ For every example the tokens are ranked by attribution score (largest first). At
 Measures, averaged over examples at each ratio, then over ``0 < k < 1`` (10%..90% with the default ratios; the paper's
 AOPC):
 
-- classification: confidence drop ``p(y_hat | x) - p(y_hat | x')`` of the originally predicted class ``y_hat``, and
-  accuracy of the perturbed predictions against gold labels;
+- classification: confidence drop ``p(y | x) - p(y | x')`` of the class ``y`` the attributions explain (their
+  ``target``: the predicted class ``y_hat`` by default; recorded as ``FaithfulnessResult.target``), and accuracy of
+  the perturbed predictions against gold labels;
 - causal LMs: the same, where ``y_hat`` is the token predicted at the last position (the most probable next token,
   or the most probable of the given ``label_words``, whose index is the class) and ``p`` its probability over the
   whole vocabulary there; the attributions explain ``y_hat``;
@@ -80,12 +81,14 @@ from ..core.attribution import Attribution
 from ..core.explain import attribute
 from ..core.inputs import Encoded, Texts, encode, model_device
 from ..core.registry import get_method
-from ..core.explain import lent_pad, padding_for
+from ..core.padding import lent_pad, padding_for, rows_padding
 from ..core.heads import resolve_head
-from ..models import Task, detect_task
-from .perturbation import (DEFAULT_RATIOS, KINDS, PROTOCOLS, LabelWords, Protocol, Replacement, causal_lm_outputs,
-                           classifier_outputs, default_replacement, label_word_ids, perturb, ranked_positions,
-                           replaced_positions, replacement_id, top_count)
+from ..models import Task, check_trained_head, detect_task
+from .perturbation import (DEFAULT_RATIOS, KINDS, PROTOCOLS, LabelWords, Protocol, Replacement, classifier_outputs,
+                           default_replacement, label_word_ids, lm_predictions, measured_targets, perturb,
+                           ranked_positions, replaced_positions, replacement_id, top_count)
+from .prompted import (Confidence, cached_lm_outputs, check_confidence, column_probabilities, lm_explain_options,
+                       prompt_template)
 from .results import FaithfulnessResult
 
 MethodOrAttributions = Union[str, Sequence[Attribution]]
@@ -150,6 +153,9 @@ def evaluate(
     max_length: int | None = None,
     task: Task | None = None,
     label_words: LabelWords | None = None,
+    template: str | None = None,
+    confidence: Confidence | None = None,
+    forward_cache: dict | None = None,
     seed: int = 0,
     explain_batch_size: int = 32,
     progress: bool | None = None,
@@ -167,15 +173,19 @@ def evaluate(
     (``task="causal-lm"``): the prediction is the token at the last position, either the most probable next token
     or, with ``label_words`` (words of one token each, e.g. ``[" negative", " positive"]``, or token ids), the most
     probable of them, whose index is then the class (``labels`` index ``label_words``); the confidence is its
-    probability over the whole vocabulary, and the attributions explain it. ``protocol``: ``clean`` (special tokens
-    never ranked; ``n`` = non-special tokens) or ``paper`` (the authors': only the first token excluded; ``n`` counts
-    special tokens).
+    probability over the vocabulary (``confidence="vocabulary"``, the default) or over the label words
+    (``"label_words"``), and the attributions explain it (through the label-word head, so ``contrast=True`` works).
+    ``template``: a prompt with ``{}`` where each text goes (:mod:`normxlogit.evaluation.prompted`). ``forward_cache``:
+    a dict shared between calls on one causal LM, so that inputs already run are not run again.
+    ``protocol``: ``clean`` (special tokens never ranked; ``n`` = non-special tokens) or ``paper`` (the authors':
+    only the first token excluded; ``n`` counts special tokens).
     ``batch_tokens``: tokens (padding included) per forward pass; default from :data:`BATCH_TOKENS` (2,048 on a CPU,
     16,384 on an accelerator). ``progress``: a bar over forward passes (default: on when there are more than 5,000
     perturbed inputs).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}.")
+    check_trained_head(model, "evaluate")
     ratios = [float(r) for r in ratios]
     if not ratios or any(not 0 <= r <= 1 for r in ratios):
         raise ValueError(f"ratios must be fractions in [0, 1]; got {ratios}.")
@@ -191,6 +201,8 @@ def evaluate(
         raise ValueError(f"label_words are for causal LMs (the label word predicted next); this is a {task} model.")
     vocab = int(model.get_output_embeddings().weight.shape[0]) if task == "causal-lm" else 0
     label_ids = None if label_words is None else label_word_ids(tokenizer, label_words, vocab)
+    scoring = check_confidence(task, confidence, label_ids)
+    template = prompt_template(template, protocol, method_or_attributions)
     if texts is None:
         if isinstance(method_or_attributions, str):
             raise ValueError("texts=None only works with given attributions; pass the texts to explain.")
@@ -202,7 +214,7 @@ def evaluate(
     with warnings.catch_warnings():
         if not isinstance(method_or_attributions, str):
             warnings.simplefilter("ignore")  # the attributions' own explain call already warned about truncation
-        encoded = encode(model, tokenizer, texts, max_length)
+        encoded = encode(model, tokenizer, texts, max_length, template=template)
     items, rows = encoded.items, encoded.rows
     num_classes = int(model.config.num_labels) if task != "causal-lm" else len(label_ids or range(vocab))
     gold = _check_labels(labels, len(items), "classification" if task == "causal-lm" else task, num_classes)
@@ -210,7 +222,7 @@ def evaluate(
     if task == "causal-lm":  # the prediction first: the attributions explain it (the predicted label word)
         lm_prediction = lm_predictions(model, pads, rows, label_ids, batch_tokens)
         if isinstance(method_or_attributions, str):
-            options = {"target": lm_targets(lm_prediction, label_ids), **explain_options}
+            options = {**lm_explain_options(lm_prediction, label_words, label_ids), **explain_options}
 
     attrs, method, attribution_seconds = _attributions(
         model, tokenizer, encoded, method_or_attributions, seed=seed, batch_size=explain_batch_size,
@@ -221,8 +233,9 @@ def evaluate(
     for i, (row, attr) in enumerate(zip(rows, attrs)):
         if list(row["input_ids"]) != list(attr.input_ids):
             raise ValueError(
-                f"Attribution {i} was computed for other tokens than text {i} tokenizes to (different text, tokenizer "
-                "or max_length). Pass the texts the attributions were computed for, in the same order."
+                f"Attribution {i} was computed for other tokens than text {i} tokenizes to (different text, tokenizer, "
+                "template or max_length). Pass the texts (and template) the attributions were computed for, in the "
+                "same order."
             )
 
     # 1. Every perturbed input, kept once.
@@ -253,21 +266,26 @@ def evaluate(
                 positions = replaced_positions(ranking, count, kind)
                 where[kind][i, j] = index_of(perturb(base, positions, chosen, token_id, pads["input_ids"]))
     total = len(items) * (1 + 2 * len(ratios))
+    target = measured_targets(attrs, task, num_classes, label_ids, tokenizer)
 
     # 2. Run them, longest first, in batches of about ``batch_tokens`` tokens.
-    columns = (label_ids or sorted({int(p) for p in lm_prediction})) if task == "causal-lm" else None
+    columns = None
+    if task == "causal-lm":
+        columns = label_ids or sorted({int(p) for p in lm_prediction} | {int(t) for t in target})
+    if lend is not None:  # a lent pad id must occur in no perturbed input, or the model pools another token
+        pads, lend = rows_padding(model, tokenizer, head, inputs, pads, lend, warn=False)
     with lent_pad(model, lend):
         if task == "causal-lm":
-            picked, lse, top = causal_lm_outputs(model, pads, inputs, batch_tokens, columns, progress)
+            picked, lse, top = cached_lm_outputs(model, pads, inputs, batch_tokens, columns, progress, forward_cache)
         else:
             logits = classifier_outputs(model, pads, inputs, batch_tokens, progress)
 
     # 3. Per-example outcomes.
     if task == "causal-lm":
-        probs = np.exp(picked.astype(np.float64) - lse[:, None])  # full-vocabulary probabilities of the columns
+        probs = column_probabilities(picked, lse, scoring)  # over the vocabulary, or over the label words
         classes = picked.argmax(-1) if label_ids else top
         original_prediction = lm_prediction
-        column = lm_prediction if label_ids else np.searchsorted(columns, lm_prediction)
+        column = target if label_ids else np.searchsorted(columns, target)
         original = probs[originals, column]
         outputs = {kind: probs[where[kind], column[:, None]] for kind in KINDS}
         predictions = {kind: classes[where[kind]] for kind in KINDS}
@@ -281,8 +299,8 @@ def evaluate(
         probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
         classes = logits.argmax(-1)
         original_prediction = classes[originals]
-        original = probs[originals, original_prediction]
-        outputs = {kind: probs[where[kind], original_prediction[:, None]] for kind in KINDS}
+        original = probs[originals, target]
+        outputs = {kind: probs[where[kind], target[:, None]] for kind in KINDS}
         predictions = {kind: classes[where[kind]] for kind in KINDS}
     meta = {
         "model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
@@ -299,10 +317,13 @@ def evaluate(
     if task == "causal-lm":  # scored as a classification over label words, or over the vocabulary (next token)
         meta["task"] = "causal-lm"
         meta["label_words"] = None if label_ids is None else tokenizer.convert_ids_to_tokens(label_ids)
+        meta["confidence"] = scoring
+    if template is not None:
+        meta["template"] = template
     if explain_options:
         meta["explain_options"] = {k: v for k, v in explain_options.items() if isinstance(v, (int, float, str, bool))}
     return FaithfulnessResult(method, "classification" if task == "causal-lm" else task, protocol, chosen, ratios,
-                              outputs, predictions, original, original_prediction, gold, n_ranked, meta)
+                              outputs, predictions, original, original_prediction, gold, n_ranked, meta, target)
 
 
 def _batch_tokens(model: PreTrainedModel, batch_tokens: int | None) -> int:
@@ -311,22 +332,6 @@ def _batch_tokens(model: PreTrainedModel, batch_tokens: int | None) -> int:
     return BATCH_TOKENS["cpu" if model_device(model).type == "cpu" else "accelerator"]
 
 
-def lm_predictions(model: PreTrainedModel, pads: dict[str, int], rows: Sequence[dict], label_ids: list[int] | None,
-                   batch_tokens: int) -> np.ndarray:
-    """A causal LM's prediction for each encoded row at its last position: the index of the most probable label
-    word, or (``label_ids=None``) the most probable token."""
-    keys = [k for k in rows[0] if k != "special_tokens_mask"]
-    picked, _, top = causal_lm_outputs(model, pads, [{k: np.asarray(r[k], dtype=np.int64) for k in keys}
-                                                     for r in rows], batch_tokens, label_ids, False)
-    return picked.argmax(-1) if label_ids else top
-
-
-def lm_targets(predictions: np.ndarray, label_ids: list[int] | None) -> list[int]:
-    """The token ids the attributions of a causal LM explain: the predicted label words, or the predicted tokens."""
-    return [label_ids[p] for p in predictions] if label_ids else [int(p) for p in predictions]
-
-
-# --- several methods, cached ---------------------------------------------------------------------------------------
 def model_fingerprint(model: PreTrainedModel) -> str:
     """A short hash of the model's configuration and (a strided sample of) its weights."""
     digest = hashlib.sha256(model.config.to_json_string().encode())
@@ -338,10 +343,12 @@ def model_fingerprint(model: PreTrainedModel) -> str:
 
 
 def _code_version(method: str) -> str:
-    """A hash of the code a cached result depends on: this module, the perturbations', and the method's module."""
+    """A hash of the code a cached result depends on: this module, the perturbations', the method's module and the
+    label-word head's."""
+    prompted = sys.modules[lm_explain_options.__module__]
     module = sys.modules[get_method(method).fn.__module__]
     sources = [Path(__file__).read_bytes(), inspect.getsource(sys.modules[perturb.__module__]).encode(),
-               inspect.getsource(module).encode()]
+               inspect.getsource(module).encode(), inspect.getsource(prompted).encode()]
     return hashlib.sha256(b"".join(sources)).hexdigest()[:16]
 
 
@@ -385,7 +392,7 @@ def evaluate_methods(
     unknown = set(method_options) - set(methods)
     if unknown:
         raise ValueError(f"method_options for methods not evaluated: {', '.join(sorted(unknown))}.")
-    encoded = encode(model, tokenizer, texts, max_length)
+    encoded = encode(model, tokenizer, texts, max_length, template=evaluate_options.get("template"))
     items = encoded.items
     targets: dict[str, Any] = {}
     if _task_of(model, evaluate_options.get("task")) == "causal-lm":  # attributions explain the prediction
@@ -395,7 +402,7 @@ def evaluate_methods(
         pads, _ = padding_for(model, tokenizer, resolve_head(model, "causal-lm"))
         predictions = lm_predictions(model, pads, encoded.rows, label_ids,
                                      _batch_tokens(model, evaluate_options.get("batch_tokens")))
-        targets["target"] = lm_targets(predictions, label_ids)
+        targets.update(lm_explain_options(predictions, words, label_ids))
     folder = Path(cache) if cache is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..core.attribution import Attribution
 from ..core.inputs import eval_mode, model_device, model_inputs, padded_batches, replacement_token_id
+from ..core.label_words import LabelWords, label_word_ids  # noqa: F401  (label_word_ids: re-exported for callers)
+from ..models import Task
 
 PROTOCOLS = ("clean", "paper")
 REPLACEMENTS = ("mask", "pad", "unk", "attention", "delete")
@@ -36,7 +38,6 @@ DEFAULT_RATIOS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8
 
 Protocol = Literal["clean", "paper"]
 Replacement = Literal["mask", "pad", "unk", "attention", "delete"]
-LabelWords = Sequence[Union[str, int]]
 #: ``replacement=None`` for encoders: the mask token (the paper's choice; their pretraining saw it in place of words).
 ENCODER_REPLACEMENT: Replacement = "mask"
 #: ``replacement=None`` for decoders (causal LMs and decoder classifiers, which have no mask token): removing the
@@ -49,26 +50,45 @@ def default_replacement(decoder: bool) -> Replacement:
     return DECODER_REPLACEMENT if decoder else ENCODER_REPLACEMENT
 
 
-def label_word_ids(tokenizer: PreTrainedTokenizerBase, label_words: LabelWords, vocab_size: int) -> list[int]:
-    """The token id of each label word (a string that is one token without special tokens, or a token id)."""
-    if isinstance(label_words, (str, bytes)) or len(label_words) < 2:
-        raise ValueError(f"label_words must be a list of at least two words or token ids, not {label_words!r}.")
-    ids = []
-    for word in label_words:
-        if isinstance(word, str):
-            pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
-            if len(pieces) != 1:
-                raise ValueError(f"The label word {word!r} is {len(pieces)} tokens for this tokenizer; pass words of "
-                                 "one token (mind the leading space a word after another has: ' positive') or "
-                                 "token ids.")
-            ids.append(int(pieces[0]))
-        elif isinstance(word, (int, np.integer)) and not isinstance(word, bool) and 0 <= int(word) < vocab_size:
-            ids.append(int(word))
-        else:
-            raise ValueError(f"label word {word!r} is neither a string nor a token id in 0..{vocab_size - 1}.")
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"label_words {list(label_words)!r} repeat a token (ids {ids}).")
-    return ids
+def measured_targets(attrs: Sequence[Attribution], task: Task, num_classes: int, label_ids: list[int] | None,
+                     tokenizer: PreTrainedTokenizerBase) -> np.ndarray | None:
+    """The class whose probability each example's curves follow: the one its attributions explain (their
+    ``target``; by default the prediction), so that a ranking is measured on the output it ranks tokens for.
+    Classification: a class index; causal LMs: the index of the label word, or (without ``label_words``) the token
+    id. None for regression. A clear error where an attribution's target cannot be measured."""
+    if task == "regression":
+        return None
+    targets = [a.target for a in attrs]
+    missing = [i for i, t in enumerate(targets) if t is None]
+    if missing:
+        raise ValueError(f"Attribution {missing[0]} has no target (it was computed for a regression model?), so "
+                         "evaluate() cannot tell which class its ranking explains; explain the texts with this model.")
+    values = np.asarray(targets, dtype=np.int64)
+    if task == "causal-lm" and label_ids is not None:
+        # Attributions of the label-word head already explain a label-word index; others explain a token id.
+        read_by_head = np.array([bool(getattr(a, "meta", {}).get("label_words")) for a in attrs])
+        bad = [i for i, t in enumerate(values) if read_by_head[i] and not 0 <= t < len(label_ids)]
+        if bad:
+            raise ValueError(f"Attribution {bad[0]} explains label word {int(values[bad[0]])}, but there are "
+                             f"{len(label_ids)} label words (0..{len(label_ids) - 1}).")
+        index = {token: k for k, token in enumerate(label_ids)}
+        values = np.where(read_by_head, -1, values)  # checked above; mapped below
+        bad = [i for i, t in enumerate(values) if not read_by_head[i] and int(t) not in index]
+        if bad:
+            token = tokenizer.convert_ids_to_tokens(int(values[bad[0]]))
+            raise ValueError(
+                f"Attribution {bad[0]} explains the token {token!r} (id {int(values[bad[0]])}), which is none of the "
+                f"label_words (ids {label_ids}); evaluate() measures the probability of the label word the "
+                "attributions explain. Explain a label word (target= its token id), or evaluate without label_words.")
+        return np.array([int(targets[i]) if read_by_head[i] else index[int(t)] for i, t in enumerate(values)],
+                        dtype=np.int64)
+    bad = [i for i, t in enumerate(values) if not 0 <= t < num_classes]
+    if bad:
+        what = "token ids" if task == "causal-lm" else "classes"
+        raise ValueError(f"Attribution {bad[0]} explains target {int(values[bad[0]])}, but this model has "
+                         f"{num_classes} {what} (0..{num_classes - 1}); were the attributions computed with another "
+                         "model?")
+    return values
 
 
 def ranked_positions(attribution: Attribution, protocol: Protocol = "clean") -> tuple[np.ndarray, int]:
@@ -213,3 +233,16 @@ def causal_lm_outputs(model: PreTrainedModel, pads: dict[str, int], inputs: list
             top[idx] = logits.argmax(-1).cpu().numpy()
             picked[idx] = logits[:, cols.to(logits.device)].cpu().numpy()
     return picked, lse, top
+
+
+def lm_predictions(model: PreTrainedModel, pads: dict[str, int], rows: Sequence[dict], label_ids: list[int] | None,
+                   batch_tokens: int) -> np.ndarray:
+    """A causal LM's prediction for each encoded row at its last position: the index of the most probable label
+    word, or (``label_ids=None``) the most probable token."""
+    keys = [k for k in rows[0] if k != "special_tokens_mask"]
+    picked, _, top = causal_lm_outputs(model, pads, [{k: np.asarray(r[k], dtype=np.int64) for k in keys}
+                                                     for r in rows], batch_tokens, label_ids, False)
+    return picked.argmax(-1) if label_ids else top
+
+
+# --- several methods, cached ---------------------------------------------------------------------------------------

@@ -35,11 +35,13 @@ class MetricInfo:
 
 METRICS: dict[str, MetricInfo] = {m.name: m for m in (
     MetricInfo("comprehensiveness_cd", "comprehensiveness", "cd", True, "classification",
-               "confidence drop of the predicted class when the top-ranked tokens are removed"),
+               "confidence drop of the explained class (default: the predicted one) when the top-ranked tokens "
+               "are removed"),
     MetricInfo("comprehensiveness_accuracy", "comprehensiveness", "accuracy", False, "classification",
                "accuracy against gold labels when the top-ranked tokens are removed"),
     MetricInfo("sufficiency_cd", "sufficiency", "cd", False, "classification",
-               "confidence drop of the predicted class when only the top-ranked tokens are kept"),
+               "confidence drop of the explained class (default: the predicted one) when only the top-ranked "
+               "tokens are kept"),
     MetricInfo("sufficiency_accuracy", "sufficiency", "accuracy", True, "classification",
                "accuracy against gold labels when only the top-ranked tokens are kept"),
     MetricInfo("comprehensiveness_pearson", "comprehensiveness", "pearson", False, "regression",
@@ -62,10 +64,12 @@ def _aopc_mask(ratios: Sequence[float]) -> np.ndarray:
 class FaithfulnessResult:
     """Per-example outcomes of every perturbation, and the curves and AOPC scores derived from them.
 
-    ``outputs[kind]`` is (examples, ratios): the probability of the originally predicted class (classification) or the
+    ``outputs[kind]`` is (examples, ratios): the probability of the measured class ``target`` (classification) or the
     prediction (regression) on the perturbed input; ``predictions[kind]`` the perturbed predicted class
-    (classification only). ``original`` is p(y_hat | x) (classification) or the prediction (regression),
-    ``original_prediction`` y_hat, ``labels`` the gold labels (or None), ``n_ranked`` each example's ``n``.
+    (classification only). ``original`` is p(target | x) (classification) or the prediction (regression),
+    ``original_prediction`` y_hat, ``labels`` the gold labels (or None), ``n_ranked`` each example's ``n``,
+    ``target`` the class the attributions explain and the curves measure (by default y_hat; None for regression and
+    for results saved before it was recorded, which measured y_hat).
     """
 
     method: str
@@ -80,6 +84,7 @@ class FaithfulnessResult:
     labels: np.ndarray | None
     n_ranked: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    target: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.ratios = [float(r) for r in self.ratios]
@@ -88,6 +93,8 @@ class FaithfulnessResult:
         self.original = np.asarray(self.original, dtype=np.float64)
         self.original_prediction = np.asarray(self.original_prediction)
         self.n_ranked = np.asarray(self.n_ranked, dtype=np.int64)
+        if self.target is not None:
+            self.target = np.asarray(self.target, dtype=np.int64)
         if self.labels is not None:
             self.labels = np.asarray(self.labels, dtype=np.float64 if self.task == "regression" else np.int64)
 
@@ -209,6 +216,7 @@ class FaithfulnessResult:
             "labels": None if self.labels is None else listed(self.labels),
             "n_ranked": listed(self.n_ranked),
             "meta": self.meta,
+            "target": None if self.target is None else listed(self.target),
         }
 
     @classmethod
@@ -238,7 +246,9 @@ def paired_difference(a: FaithfulnessResult, b: FaithfulnessResult, metric: str,
                       n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
     """AOPC(a) - AOPC(b) on the same examples, with a paired bootstrap interval: ``(difference, low, high)``."""
     same = a.n_examples == b.n_examples and np.allclose(a.original, b.original, atol=1e-4)
-    if not same or (a.task == "classification" and not np.array_equal(a.original_prediction, b.original_prediction)):
+    same_target = (a.target is None) == (b.target is None) and (a.target is None or np.array_equal(a.target, b.target))
+    if not same or (a.task == "classification" and not (np.array_equal(a.original_prediction, b.original_prediction)
+                                                        and same_target)):
         raise ValueError("Paired comparison needs two results on the same examples (same model and inputs).")
     index = np.random.default_rng(seed).integers(0, a.n_examples, (n_boot, a.n_examples))
     diff = a._bootstrap(metric, n_boot, seed, index) - b._bootstrap(metric, n_boot, seed, index)

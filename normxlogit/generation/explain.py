@@ -22,15 +22,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..core.heads import resolve_head
 from ..core.inputs import eval_mode, model_device
+from ..models import check_trained_head
 from .prompts import (check_causal_lm, continuation_ids, greedy_continuation, max_positions, prompt_ids,
                       resolve_layer)
 from .reading import gathered_logits, model_logits
 from .registry import (NORM_SOURCES, GenerationBatch, GenerationMethod, check_options, get_generation_method,
                        register_generation_method)
 from .result import GenerationAttribution
+from .sources import Sources, attach_sources, locate_sources
 
-__all__ = ["INVARIANT_TOLERANCE", "GenerationInvariantError", "explain_generation", "generation_logat",
-           "generation_norms", "invariant_gap"]
+__all__ = ["INVARIANT_TOLERANCE", "GenerationInvariantError", "attribute_sequence", "explain_generation",
+           "generation_logat", "generation_norms", "invariant_gap"]
 
 #: Relative tolerance of the run-time invariant check, by the dtype of the hidden states.
 INVARIANT_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6, torch.float16: 1e-2, torch.bfloat16: 3e-2}
@@ -122,6 +124,7 @@ def explain_generation(
     layer: int = -1,
     norm_source: str = "embedding_output",
     head: Callable[[Tensor], Tensor] | None = None,
+    sources: Sources | None = None,
     **options: Any,
 ) -> GenerationAttribution:
     """Attribute every generated token of a causal LM to every earlier token.
@@ -136,16 +139,22 @@ def explain_generation(
     ``batch_tokens`` for the memory of the baselines). Every call checks that the head read on the position before
     each generated token reproduces the model's own logit (:class:`GenerationInvariantError` if not). Inputs go to
     the input embedding's device (``device_map`` models included); results are numpy arrays on the CPU.
+    ``sources``: ``"sentences"``, strings found in the prompt or (start, end) character spans of it (the user's
+    message with ``chat=True``); the result then has ``sources``, ``source_scores`` (token scores summed over each
+    source's tokens, :mod:`normxlogit.generation.sources`) and :meth:`~GenerationAttribution.cite`.
     """
     spec = get_generation_method(method)
     check_options(spec, options)
     check_causal_lm(model)
+    check_trained_head(model, "explain_generation")
     if norm_source not in NORM_SOURCES:
         raise ValueError(f"norm_source must be one of {', '.join(NORM_SOURCES)}, not {norm_source!r}.")
     if continuation is None and (not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1):
         raise ValueError(f"max_new_tokens must be an int of at least 1, got {max_new_tokens!r}.")
     source = prompt_ids(tokenizer, prompt, chat=chat, system_prompt=system_prompt)
-    resolved_head = resolve_head(model, "causal-lm", head)
+    located = None if sources is None else locate_sources(tokenizer, prompt, sources, source, chat=chat,
+                                                          system_prompt=system_prompt)
+    resolve_head(model, "causal-lm", head)  # an unsupported model fails before generating
     device = model_device(model)
     vocab = model.get_input_embeddings().weight.shape[0]
     limit = max_positions(model)
@@ -153,32 +162,68 @@ def explain_generation(
     if limit is not None and planned > limit:
         raise ValueError(f"The prompt ({len(source)} tokens) plus max_new_tokens={max_new_tokens} exceeds the "
                          f"model's {limit} positions.")
+    with eval_mode(model), torch.no_grad():
+        prompt_tensor = torch.tensor([source], device=device)
+        if continuation is None:
+            generated = greedy_continuation(model, tokenizer, prompt_tensor, int(max_new_tokens))
+        else:
+            generated = continuation_ids(tokenizer, continuation, vocab)
+    if limit is not None and len(source) + len(generated) > limit:
+        raise ValueError(f"Prompt and continuation ({len(source) + len(generated)} tokens) exceed the "
+                         f"model's {limit} positions.")
+    batch, scores, gap = attribute_sequence(model, tokenizer, source + generated, len(source), method=method,
+                                            layer=layer, norm_source=norm_source, head=head, **options)
+    result = build_result(batch, scores, spec, prompt, gap, chat=chat, options=options, generated=continuation is None)
+    return result if located is None else attach_sources(result, located, tokenizer)
+
+
+def attribute_sequence(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    ids: Sequence[int],
+    prompt_length: int,
+    *,
+    method: str = "normxlogit",
+    layer: int = -1,
+    norm_source: str = "embedding_output",
+    head: Callable[[Tensor], Tensor] | None = None,
+    **options: Any,
+) -> tuple[GenerationBatch, np.ndarray, float]:
+    """The core of :func:`explain_generation` on given token ids: one forward pass, the self-check, the scores.
+
+    ``ids`` are the whole sequence; positions ``prompt_length..`` are the tokens attributed (``prompt_length >= 1``).
+    Returns the :class:`GenerationBatch`, the scores (G, T) as float32 numpy (NaN where the source is not before the
+    token) and the invariant's largest relative gap. For integrations that tokenise themselves (inseq).
+    """
+    spec = get_generation_method(method)
+    check_options(spec, options)
+    check_causal_lm(model)
+    if norm_source not in NORM_SOURCES:
+        raise ValueError(f"norm_source must be one of {', '.join(NORM_SOURCES)}, not {norm_source!r}.")
+    check_trained_head(model, "attribute_sequence")
+    ids = [int(i) for i in ids]
+    if not 1 <= prompt_length < len(ids):
+        raise ValueError(f"prompt_length must be in 1..{len(ids) - 1} for a sequence of {len(ids)} tokens, "
+                         f"got {prompt_length}.")
+    resolved_head = resolve_head(model, "causal-lm", head)
+    device = model_device(model)
     with eval_mode(model):
         with torch.no_grad():
-            prompt_tensor = torch.tensor([source], device=device)
-            if continuation is None:
-                generated = greedy_continuation(model, tokenizer, prompt_tensor, int(max_new_tokens))
-            else:
-                generated = continuation_ids(tokenizer, continuation, vocab)
-            if limit is not None and len(source) + len(generated) > limit:
-                raise ValueError(f"Prompt and continuation ({len(source) + len(generated)} tokens) exceed the "
-                                 f"model's {limit} positions.")
-            ids = torch.tensor([source + generated], device=device)
-            G = len(generated)
-            out, own = model_logits(model, ids, G + 1, hidden=True)
+            tensor = torch.tensor([ids], device=device)
+            G = len(ids) - prompt_length
+            out, own = model_logits(model, tensor, G + 1, hidden=True)
             own = own[0, :G].float()  # (G, V): the logits at the G positions that predict the generated tokens
-            targets = ids[0, len(source):].to(own.device)
+            targets = tensor[0, prompt_length:].to(own.device)
             target_logits = own.gather(-1, targets[:, None])[:, 0]
             target_probs = own.log_softmax(-1).gather(-1, targets[:, None])[:, 0].exp()
             hidden = out.hidden_states
             del out, own
-            batch = GenerationBatch(model, tokenizer, resolved_head, ids, len(source), hidden, target_logits,
+            batch = GenerationBatch(model, tokenizer, resolved_head, tensor, prompt_length, hidden, target_logits,
                                     target_probs, resolve_layer(layer, len(hidden) - 1), norm_source)
             gap = invariant_gap(batch)
         with torch.enable_grad() if spec.needs_grad else torch.no_grad():
             scores = spec.fn(batch, **options).detach().float().cpu()
-    scores = scores.masked_fill(~batch.valid(), float("nan")).numpy()
-    return build_result(batch, scores, spec, prompt, gap, chat=chat, options=options, generated=continuation is None)
+    return batch, scores.masked_fill(~batch.valid(), float("nan")).numpy(), gap
 
 
 def token_pieces(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[str]:

@@ -15,7 +15,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from ..models import detect_task
 
 __all__ = ["check_causal_lm", "continuation_ids", "greedy_continuation", "max_positions", "prompt_ids",
-           "resolve_layer"]
+           "prompt_text", "resolve_layer"]
 
 
 def check_causal_lm(model: PreTrainedModel) -> None:
@@ -40,23 +40,29 @@ def resolve_layer(layer: int, num_layers: int) -> int:
     return int(layer) % (num_layers + 1)
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, *, chat: bool = False,
-               system_prompt: str | None = None) -> list[int]:
-    """The prompt's token ids: plain (with the tokenizer's special tokens), or wrapped in its chat template."""
+def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: str, *, chat: bool = False,
+                system_prompt: str | None = None) -> str:
+    """The text the model reads: the prompt itself, or (``chat=True``) the prompt as the user's turn of the chat
+    template, with the generation prompt. Tokenise it with special tokens only when ``chat=False``."""
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a string, not {type(prompt).__name__}.")
     if not prompt.strip():
         raise ValueError("The prompt is empty or whitespace only; there is nothing to generate from.")
-    if chat:
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"chat=True, but this tokenizer ({type(tokenizer).__name__}) has no chat template; use "
-                             "chat=False or set tokenizer.chat_template.")
-        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-            {"role": "user", "content": prompt}]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    else:
-        ids = tokenizer(prompt)["input_ids"]
+    if not chat:
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"chat=True, but this tokenizer ({type(tokenizer).__name__}) has no chat template; use "
+                         "chat=False or set tokenizer.chat_template.")
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, *, chat: bool = False,
+               system_prompt: str | None = None) -> list[int]:
+    """The prompt's token ids: plain (with the tokenizer's special tokens), or wrapped in its chat template."""
+    text = prompt_text(tokenizer, prompt, chat=chat, system_prompt=system_prompt)
+    ids = tokenizer(text, add_special_tokens=not chat)["input_ids"]
     if not ids:
         raise ValueError(f"The prompt {prompt!r} has no tokens.")
     return list(ids)

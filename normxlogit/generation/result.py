@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .citations import citation_html, source_matrix_html, token_offsets
 from .registry import GENERATION_METHODS
 
 __all__ = ["GenerationAttribution"]
@@ -36,6 +37,11 @@ class GenerationAttribution:
     generated tokens are ``source_tokens[prompt_length:]``. ``scores[t, i]`` (G x T) is the score of source position
     i for generated token t; NaN where i is not before t. ``target_logits[t]`` and ``target_probs[t]`` are the
     model's own logit and probability of generated token t at the position before it.
+
+    With sources (``explain_generation(..., sources=...)``): ``sources`` (their text), ``source_spans`` (their
+    characters in ``prompt``), ``source_positions`` (their token positions), ``source_scores`` (G x S: each generated
+    token's scores summed over each source's tokens; see :mod:`normxlogit.generation.sources`) and
+    ``answer_offsets`` (each generated token's characters in ``generated_text``); :meth:`cite` ranks the sources.
     """
 
     source_tokens: list[str]
@@ -50,6 +56,11 @@ class GenerationAttribution:
     generated_text: str = ""
     special_tokens_mask: list[int] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    sources: list[str] | None = None
+    source_spans: list[tuple[int, int]] | None = None
+    source_positions: list[list[int]] | None = None
+    source_scores: np.ndarray | None = None
+    answer_offsets: list[tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, dtype=np.float64)
@@ -64,6 +75,49 @@ class GenerationAttribution:
         if self.scores.shape != (G, T) or self.target_logits.shape != (G,) or self.target_probs.shape != (G,):
             raise ValueError(f"scores must be (generated, source) = ({G}, {T}) and target_logits/probs ({G},); got "
                              f"{self.scores.shape}, {self.target_logits.shape}, {self.target_probs.shape}.")
+        if self.sources is not None:
+            S = len(self.sources)
+            self.source_scores = np.asarray(self.source_scores, dtype=np.float64)
+            self.source_spans = [(int(a), int(b)) for a, b in self.source_spans or []]
+            self.source_positions = [[int(i) for i in p] for p in self.source_positions or []]
+            if self.source_scores.shape != (G, S) or len(self.source_spans) != S or len(self.source_positions) != S:
+                raise ValueError(f"source_scores must be (generated, sources) = ({G}, {S}), with one span and one "
+                                 f"list of positions per source; got {self.source_scores.shape}.")
+        if self.answer_offsets is not None:
+            self.answer_offsets = [(int(a), int(b)) for a, b in self.answer_offsets]
+
+    # --- sources -------------------------------------------------------------------------------------------------
+    def _check_sources(self) -> np.ndarray:
+        if self.sources is None or self.source_scores is None:
+            raise ValueError("This result has no sources; pass sources='sentences' (or a list of strings or spans) "
+                             "to explain_generation.")
+        return self.source_scores
+
+    def answer_steps(self, span: tuple[int, int] | None = None) -> np.ndarray:
+        """The generated tokens (steps) whose characters overlap ``span`` = (start, end) of ``generated_text``
+        (all of them for None)."""
+        if span is None:
+            return np.arange(len(self))
+        start, end = (int(v) for v in span)
+        n = len(self.generated_text)
+        if not 0 <= start < end <= n:
+            raise ValueError(f"span {span!r} is not a non-empty character span of the {n}-character answer "
+                             "(0 <= start < end <= len(generated_text)).")
+        offsets = np.asarray(self.answer_offsets if self.answer_offsets is not None else
+                             token_offsets(self.generated_tokens, self.generated_text), dtype=np.int64)
+        steps = np.flatnonzero((offsets[:, 0] < end) & (offsets[:, 1] > start) & (offsets[:, 1] > offsets[:, 0]))
+        if steps.size == 0:
+            raise ValueError(f"span {span!r} covers no generated token.")
+        return steps
+
+    def cite(self, span: tuple[int, int] | None = None) -> pd.DataFrame:
+        """The sources ranked for the whole answer, or for the answer's character ``span`` = (start, end): columns
+        ``source`` and ``score`` (the sum of ``source_scores`` over the generated tokens in the span, since the
+        answer's log-probability is the sum of its tokens'), indexed by the source's number, best first."""
+        scores = self._check_sources()[self.answer_steps(span)].sum(0)
+        order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
+        return pd.DataFrame({"source": [self.sources[j] for j in order], "score": scores[order]},
+                            index=pd.Index(order, name="source_index"))
 
     # --- views ---------------------------------------------------------------------------------------------------
     @property
@@ -100,8 +154,22 @@ class GenerationAttribution:
         order = positions[np.argsort(-row[positions], kind="stable")][:k]
         return [(int(i), self.source_tokens[i], float(row[i])) for i in order]
 
-    def to_dataframe(self, *, wide: bool = False) -> pd.DataFrame:
-        """Long format (one row per generated token and earlier source token), or ``wide``: generated x source."""
+    def to_dataframe(self, *, wide: bool = False, sources: bool = False) -> pd.DataFrame:
+        """Long format (one row per generated token and earlier source token), or ``wide``: generated x source.
+
+        ``sources=True``: the source scores instead (one row per generated token and source; ``wide``: generated
+        tokens x sources). The token table gains a ``source_index`` column (-1 outside every source) when the result
+        has sources.
+        """
+        if sources:
+            table = self._check_sources()
+            if wide:
+                return pd.DataFrame(table, index=[f"{t}:{tok}" for t, tok in enumerate(self.generated_tokens)],
+                                    columns=[f"{j}:{src[:40]}" for j, src in enumerate(self.sources)])
+            steps, cols = np.indices(table.shape).reshape(2, -1)
+            return pd.DataFrame({"step": steps, "generated_token": [self.generated_tokens[t] for t in steps],
+                                 "source_index": cols, "source": [self.sources[j] for j in cols],
+                                 "score": table[steps, cols]})
         if wide:
             return pd.DataFrame(self.scores, index=[f"{t}:{tok}" for t, tok in enumerate(self.generated_tokens)],
                                 columns=[f"{i}:{tok}" for i, tok in enumerate(self.source_tokens)])
@@ -118,7 +186,14 @@ class GenerationAttribution:
             "score": self.scores[steps, sources],
             "target_logit": self.target_logits[steps],
             "target_prob": self.target_probs[steps],
-        }, index=pd.RangeIndex(len(steps))) if G else pd.DataFrame()
+        } | ({"source_index": self._owners()[sources]} if self.sources is not None else {}),
+            index=pd.RangeIndex(len(steps))) if G else pd.DataFrame()
+
+    def _owners(self) -> np.ndarray:
+        owner = np.full(len(self.source_tokens), -1)
+        for j, positions in enumerate(self.source_positions or []):
+            owner[positions] = j
+        return owner
 
     def _heading(self) -> str:
         parts = [f"method={self.method}"]
@@ -196,7 +271,8 @@ class GenerationAttribution:
 
         Colours are scaled per generated token (row), since logit scales differ between steps. Pure HTML and CSS:
         it renders in notebooks, in the built book and in a saved file; tokens wrap on narrow screens and the
-        matrix scrolls sideways.
+        matrix scrolls sideways, with a shadow on each edge that hides columns. Its labels are bold text, not
+        headings, so they never outrank the page around it.
         """
         open_step = None if step is None else self._step(step)
         legend = ("red = raises the generated token's score, blue = lowers it" if self.signed
@@ -225,7 +301,12 @@ class GenerationAttribution:
         style = (
             "<style>.nxg{font-family:sans-serif;max-width:100%}.nxg-text{line-height:2em;overflow-wrap:anywhere;"
             "margin:0.3em 0 0.6em}.nxg-tok{white-space:pre;display:inline-block;max-width:100%;overflow:hidden;"
-            "padding:0 2px;margin:1px;border-radius:3px;font-family:monospace;line-height:1.6em}.nxg-matrix{overflow-x:auto;max-width:100%}.nxg table{border-collapse:collapse;"
+            "padding:0 2px;margin:1px;border-radius:3px;font-family:monospace;line-height:1.6em}.nxg-label{margin:0.6em 0 0.2em}"
+            # The matrix scrolls sideways; edge shadows (covered at the ends reached) show that it does.
+            ".nxg-matrix{overflow-x:auto;max-width:100%;background:linear-gradient(to right,#fff 40%,#fff0) left/2em 100%"
+            " no-repeat local,linear-gradient(to left,#fff 40%,#fff0) right/2em 100% no-repeat local,radial-gradient("
+            "farthest-side at 0 50%,#0004,#0000) left/0.8em 100% no-repeat scroll,radial-gradient(farthest-side at 100%"
+            " 50%,#0004,#0000) right/0.8em 100% no-repeat scroll}.nxg table{border-collapse:collapse;"
             "font-size:0.75em}.nxg td{min-width:1.1em;height:1.1em;padding:0;border:1px solid #fff}"
             ".nxg-col{vertical-align:bottom;padding:0 1px}.nxg-col div{writing-mode:vertical-rl;transform:rotate(180deg);"
             "white-space:pre;font-family:monospace;font-weight:normal;max-height:10em;overflow:hidden;padding:2px 0}"
@@ -237,8 +318,10 @@ class GenerationAttribution:
             f"({legend}; scaled per generated token)</div>"
             f"<div><b>Prompt</b> ({self.prompt_length} tokens) <b>→ generated</b>: "
             f"{html.escape(self.generated_text)}</div>"
-            f"<h4 style='margin:0.6em 0 0.2em'>Per generated token</h4>{''.join(steps)}"
-            f"<h4 style='margin:0.6em 0 0.2em'>All steps (rows: generated tokens, columns: source tokens)</h4>"
+            + ("" if self.sources is None else citation_html(self) + source_matrix_html(self)) +
+            f'<div class="nxg-label"><strong>Per generated token</strong></div>{"".join(steps)}'
+            f'<div class="nxg-label"><strong>All steps</strong> (rows: generated tokens, columns: source tokens; '
+            f"scroll sideways for the rest)</div>"
             f'<div class="nxg-matrix"><table><tr><th></th>{header}</tr>{"".join(body)}</table></div></div>'
         )
 
@@ -255,13 +338,17 @@ class GenerationAttribution:
             "source_ids": [int(i) for i in self.source_ids], "special_tokens_mask": [int(m) for m in self.special_tokens_mask],
             "scores": _json_floats(self.scores), "target_logits": _json_floats(self.target_logits),
             "target_probs": _json_floats(self.target_probs), "meta": self.meta,
-        }
+        } | ({} if self.sources is None else {
+            "sources": list(self.sources), "source_spans": [list(s) for s in self.source_spans],
+            "source_positions": self.source_positions, "source_scores": _json_floats(self.source_scores)}) | (
+            {} if self.answer_offsets is None else {"answer_offsets": [list(o) for o in self.answer_offsets]})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GenerationAttribution":
         data = {k: v for k, v in data.items() if k != "format"}
-        for key in ("scores", "target_logits", "target_probs"):
-            data[key] = np.array(data[key], dtype=np.float64)  # None -> NaN
+        for key in ("scores", "target_logits", "target_probs", "source_scores"):
+            if key in data:
+                data[key] = np.array(data[key], dtype=np.float64)  # None -> NaN
         return cls(**data)
 
     def to_json(self, indent: int | None = None) -> str:

@@ -31,7 +31,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..core.heads import Head, pooled_positions, resolve_head
 from ..core.inputs import Texts, collate, encode, eval_mode, model_device, model_inputs, replacement_token_id
 from ..core.registry import Batch, register_method
-from ..core.explain import lent_pad, padding_for
+from ..core.padding import lent_pad, padding_for
+from ..core.padding import pooled_pad_id, rows_padding
 from ..models import Task
 
 __all__ = ["leave_one_out", "occlude", "variant_outputs"]
@@ -141,7 +142,7 @@ def occlude(
         if bad:
             raise ValueError(f"Position {bad[0]} is outside text {k}, which has {len(row['input_ids'])} tokens.")
     device = model_device(model)
-    pads, lend = padding_for(model, tokenizer, head)
+    pads, lend = rows_padding(model, tokenizer, head, rows, *padding_for(model, tokenizer, head), avoid=[rep])
     with eval_mode(model), lent_pad(model, lend):
         inputs, _ = collate(pads, rows, device)
         masked_ids = inputs["input_ids"].clone()
@@ -150,7 +151,7 @@ def occlude(
         n = len(rows)
         index = torch.arange(n, device=device)
         pooled = pooled_positions(inputs["attention_mask"], head.pooling, inputs["input_ids"],
-                                  getattr(model.config, "pad_token_id", None))
+                                  pooled_pad_id(model))
         both = variant_outputs(model, head, inputs, torch.cat([index, index]),
                                torch.cat([inputs["input_ids"], masked_ids]), torch.cat([pooled, pooled]), chunk_size)
     original, masked = both[:n].cpu(), both[n:].cpu()

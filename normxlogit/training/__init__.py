@@ -9,7 +9,7 @@
 
 from . import zoo
 from .recipes import Recipe, get_recipe, list_recipes, register_recipe
-from .store import cached_path, pretrained, pretrained_info
+from .store import cached_path, is_cached, pretrained, pretrained_info
 
-__all__ = ["Recipe", "cached_path", "get_recipe", "list_recipes", "pretrained", "pretrained_info",
+__all__ = ["Recipe", "cached_path", "get_recipe", "is_cached", "list_recipes", "pretrained", "pretrained_info",
            "register_recipe", "zoo"]

@@ -65,7 +65,9 @@ def train_sequence_model(
         # several units: train on targets of order 1, starting the bias at their mean, and rescale at the end.
         labels = labels / recipe.label_scale
         with torch.no_grad():
-            output_layer(model).bias.fill_(labels.mean().item())
+            bias = output_layer(model).bias  # decoders' ``score`` has none
+            if bias is not None:
+                bias.fill_(labels.mean().item())
     lengths = np.array([len(ids) for ids in _tokenize(tokenizer, texts, recipe)["input_ids"]])
     steps = math.ceil(recipe.epochs * math.ceil(len(train) / recipe.batch_size))
     batches = epoch_batches(lengths, recipe.batch_size, steps, recipe.seed)
@@ -90,7 +92,8 @@ def train_sequence_model(
         with torch.no_grad():
             head = output_layer(model)
             head.weight.mul_(recipe.label_scale)
-            head.bias.mul_(recipe.label_scale)
+            if head.bias is not None:
+                head.bias.mul_(recipe.label_scale)
     return {"examples": len(train), "steps": steps, "final_loss": stats["final_loss"]}
 
 

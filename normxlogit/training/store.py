@@ -35,6 +35,11 @@ def cached_path(name: str) -> Path:
     return settings.cache_dir() / f"{name}-{recipe_hash(get_recipe(name))}"
 
 
+def is_cached(name: str) -> bool:
+    """Whether the model of recipe ``name`` is already trained and cached (``pretrained(name)`` will not train)."""
+    return _is_complete(cached_path(name))
+
+
 def _is_complete(path: Path) -> bool:
     # The metadata file is written last, and the folder only appears by an atomic rename, so this suffices.
     return (path / METADATA_FILE).is_file()
@@ -122,6 +127,8 @@ def _train_and_save(name: str, recipe: Recipe, final: Path, device: torch.device
         raise KeyError(
             f"The evaluation of {name!r} returned {sorted(metrics)}, not the recipe's metric {recipe.metric!r}."
         )
+    print(f"normxlogit: {name!r}: {recipe.metric} = {metrics[recipe.metric]:.4f} on {recipe.eval_split} "
+          f"({metrics.get('examples', '?')} examples); trained in {train_time:.0f} s", file=sys.stderr)
     metadata = {
         "name": name,
         "recipe_hash": recipe_hash(recipe),
