@@ -30,7 +30,7 @@ machine depends on the load; a wall limit of ``--wall-factor`` times that is a s
 ``status: "failed"``; a method that did not finish at one length is not run at longer ones (``status: "skipped"``).
 ``uptime``'s load averages are recorded before and after, since the machine is shared.
 
-    python bench/context_scale.py [--lengths 256 1024] [--methods normxlogit forward] [--json data/context_scale_cpu.json]
+    python bench/context_scale.py [--lengths 256 1024] [--methods normxlogit forward] [--json normxlogit/resources/context_scale_cpu.json]
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 For every task in ``TASKS``: ``--n`` examples (seed ``--seed``), the prompt wrapped in the chat template, a greedy
 continuation of up to the task's ``max_new_tokens`` (the package's own ``prompt_ids``; ``--batch`` prompts
 left-padded into one ``generate`` call, which gave the same answers as one at a time on the prompts checked), scored by ``ContextExample.is_correct``. Prints each task's accuracy with a
-95% Wilson interval and writes ``data/context_suites_accuracy.json``; a task is *kept* (``USABLE_TASKS``) when its
+95% Wilson interval and writes ``normxlogit/resources/context_suites_accuracy.json``; a task is *kept* (``USABLE_TASKS``) when its
 accuracy is at least ``--keep`` (0.8).
 
     python bench/context_suites_accuracy.py [--n 60] [--tasks repeat_word ...] [--threads 1]
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="*")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=10, help="prompts generated together (left padding)")
-    parser.add_argument("--json", default=str(ROOT / "data" / "context_suites_accuracy.json"))
+    parser.add_argument("--json", default=str(ROOT / "normxlogit" / "resources" / "context_suites_accuracy.json"))
     args = parser.parse_args()
 
     import torch

@@ -7,7 +7,7 @@ answer's content occurs). The prompt is ContextCite's template, ``"Context: {con
 ContextCite and our methods read the same text (meant for a chat model: wrap it in the chat template).
 
 Which tasks a given model can do is measured, not assumed: ``bench/context_suites_accuracy.py`` scores
-SmolLM2-135M-Instruct on every task (greedy decoding) and writes ``data/context_suites_accuracy.json``; tasks below
+SmolLM2-135M-Instruct on every task (greedy decoding) and writes ``normxlogit/resources/context_suites_accuracy.json``; tasks below
 80% are kept in :data:`TASKS` (so that their results can be reproduced) but are not in :data:`USABLE_TASKS`.
 
     from normxlogit.data.context_suites import make_suite
@@ -297,9 +297,9 @@ def make_suite(task: str, n: int = 50, seed: int = 0, *, sources: int | None = N
 
 
 def load_accuracies(path: str | Path | None = None) -> dict:
-    """The measured accuracies (``data/context_suites_accuracy.json``: model, decoding, and per task its accuracy,
+    """The measured accuracies (``normxlogit/resources/context_suites_accuracy.json``: model, decoding, and per task its accuracy,
     interval and whether it is kept)."""
-    path = Path(path) if path is not None else settings.project_root() / "data" / ACCURACY_FILE
+    path = Path(path) if path is not None else settings.resource(ACCURACY_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"No accuracy file at {path}; measure it with `python bench/context_suites_accuracy.py`.")
     return json.loads(path.read_text())
@@ -313,5 +313,5 @@ def _usable() -> tuple[str, ...]:
     return tuple(name for name in TASKS if tasks.get(name, {}).get("kept"))
 
 
-#: The tasks the measured model does well (>= 80% in ``data/context_suites_accuracy.json``), in :data:`TASKS` order.
+#: The tasks the measured model does well (>= 80% in ``normxlogit/resources/context_suites_accuracy.json``), in :data:`TASKS` order.
 USABLE_TASKS: tuple[str, ...] = _usable()
