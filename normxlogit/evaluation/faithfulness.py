@@ -15,7 +15,8 @@ AOPC):
   the perturbed predictions against gold labels;
 - causal LMs: the same, where ``y_hat`` is the token predicted at the last position (the most probable next token,
   or the most probable of the given ``label_words``, whose index is the class) and ``p`` its probability over the
-  whole vocabulary there; the attributions explain ``y_hat``;
+  whole vocabulary there; the attributions explain ``y_hat`` unless given another ``target`` (then that token, or
+  label word, is measured);
 - regression: the Pearson correlation of the perturbed predictions with the gold scores (the paper's STS-B
   "Comp_Acc"), and the mean absolute change of the prediction.
 
