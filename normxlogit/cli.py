@@ -9,6 +9,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
+from .corpus.cli import add_prompt_arguments
 
 _EXAMPLES = """examples:
   normxlogit explain "a gripping , funny film ." --model sst2
@@ -51,13 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--norm-source", default="embedding_output",
                     choices=["embedding_output", "word_embedding", "layer"], help="which vector's norm to use")
     ex.add_argument("--max-length", type=int, help="truncate inputs to this many tokens")
-    ex.add_argument("--template", help="a prompt with {} where each text goes, e.g. $'Review: {}\\nSentiment:' "
-                    "(only the inserted text's tokens are ranked)")
-    ex.add_argument("--label-words", nargs="+", metavar="WORD",
-                    help="a causal LM's label words, one token each (e.g. ' negative' ' positive'): the prompted "
-                         "classifier's classes (--task defaults to causal-lm)")
-    ex.add_argument("--contrast", action="store_true",
-                    help="logat/normxlogit: the target's log-odds against the other classes (label words)")
+    add_prompt_arguments(ex)
     ex.add_argument("--format", default="text", choices=["text", "json", "html"], help="output format")
     ex.add_argument("-o", "--output", help="write to this file instead of standard output")
     ex.add_argument("--color", default="auto", choices=["auto", "always", "never"],

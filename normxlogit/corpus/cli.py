@@ -29,6 +29,17 @@ datasets.load_dataset("parquet", data_dir=OUTPUT) or normxlogit.load_dataset_att
 """
 
 
+def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--template``, ``--label-words`` and ``--contrast``: a prompted causal LM as a classifier (both CLIs)."""
+    parser.add_argument("--template", help="a prompt with {} where each text goes, e.g. $'Review: {}\\nSentiment:' "
+                        "(only the inserted text's tokens are ranked)")
+    parser.add_argument("--label-words", nargs="+", metavar="WORD",
+                        help="a causal LM's label words, one token each (e.g. ' negative' ' positive'): the prompted "
+                             "classifier's classes (--task defaults to causal-lm)")
+    parser.add_argument("--contrast", action="store_true",
+                        help="logat/normxlogit: the target's log-odds against the other classes (label words)")
+
+
 def add_cli_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``explain-dataset`` subcommand."""
     p = subparsers.add_parser(
@@ -52,13 +63,7 @@ def add_cli_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     p.add_argument("--norm-source", default="embedding_output",
                    choices=["embedding_output", "word_embedding", "layer"], help="which vector's norm to use")
     p.add_argument("--max-length", type=int, help="truncate inputs to this many tokens")
-    p.add_argument("--template", help="a prompt with {} where each text goes, e.g. $'Review: {}\\nSentiment:' "
-                    "(only the inserted text's tokens are ranked)")
-    p.add_argument("--label-words", nargs="+", metavar="WORD",
-                    help="a causal LM's label words, one token each (e.g. ' negative' ' positive'): the prompted "
-                         "classifier's classes (--task defaults to causal-lm)")
-    p.add_argument("--contrast", action="store_true",
-                    help="logat/normxlogit: the target's log-odds against the other classes (label words)")
+    add_prompt_arguments(p)
     p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option for the method, e.g. n_steps=20 (repeatable; VALUE is read as JSON if it can be)")
     p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass")
