@@ -38,15 +38,13 @@ def test_chapters_read_files_through_the_package_not_the_checkout():
     # project_root() points into site-packages once installed; a chapter that reads the repository's data/ or
     # tests/ folders works only from a clone.
     readers = {nb.name for nb in CHAPTERS if re.search(r"project_root\(\)\s*/\s*[\"'](data|tests)[\"']", _code(nb))}
-    # Chapter 6 is rebuilt on its own branch; until then it reads data/generation_speed_cpu.json (kept identical to
-    # the shipped copy by the test below).
-    assert readers <= {"06_llms.ipynb"}, sorted(readers)
+    assert not readers, sorted(readers)
 
 
 def test_every_named_resource_exists_and_parses():
     names = _named_resources()
     assert {"efficiency_cpu.json", "efficiency_decompx_cpu.json", "blimp_gold.jsonl"} <= names, names
-    for name in names | {"generation_speed_cpu.json"}:
+    for name in names:
         text = nx.resource(name).read_text()
         rows = [json.loads(line) for line in text.splitlines() if line.strip()] if name.endswith(".jsonl") else [json.loads(text)]
         assert rows and all(rows)
@@ -55,10 +53,6 @@ def test_every_named_resource_exists_and_parses():
 def test_an_unknown_resource_says_what_there_is():
     with pytest.raises(FileNotFoundError, match="ships no resource 'nope.json'.*blimp_gold.jsonl"):
         nx.resource("nope.json")
-
-
-def test_the_repository_copy_of_the_generation_bench_matches_the_shipped_one():
-    assert (ROOT / "data" / "generation_speed_cpu.json").read_text() == nx.resource("generation_speed_cpu.json").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +73,7 @@ def installed(tmp_path_factory) -> Path:
 
 
 def test_resources_load_from_an_installed_wheel(installed, tmp_path):
-    names = sorted(_named_resources() | {"generation_speed_cpu.json"})
+    names = sorted(_named_resources())
     script = (
         "import json, sys, normxlogit as nx\n"
         "print(nx.__file__)\n"
