@@ -44,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from child import cpu_name, run_child  # bench/ is on sys.path when this script runs
+
 
 ROOT = Path(__file__).resolve().parent.parent
 # in the order they run: the cheap ones first
@@ -231,43 +233,10 @@ def child(args: argparse.Namespace) -> dict:
 
 
 # --- the parent ------------------------------------------------------------------------------------------------
-def _cpu_of(pid: int) -> float:
-    """CPU seconds (user + system) a running process has used, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run_case(argv: list[str], cpu_limit: float, wall_limit: float) -> tuple[dict, float]:
-    """Run this script with ``argv`` as a child: its last JSON line and its peak resident set (MB, ``os.wait4``).
-
-    Killed past ``cpu_limit`` CPU seconds (the fair limit on a shared machine, where wall time depends on the load)
-    or ``wall_limit`` wall seconds (a safety net): :class:`TimeoutError` either way, saying which.
-    """
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, __file__, *argv], stdout=out, stderr=err, text=True, cwd=ROOT)
-        start = time.monotonic()
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            try:
-                cpu = _cpu_of(proc.pid)
-            except (OSError, IndexError, ValueError):
-                cpu = 0.0
-            if cpu > cpu_limit or time.monotonic() - start > wall_limit:
-                proc.kill()
-                proc.wait()
-                which = f"{cpu_limit:.0f} s of CPU" if cpu > cpu_limit else f"{wall_limit:.0f} s wall"
-                raise TimeoutError(f"ran past {which} (at {cpu:.0f} s CPU, {time.monotonic() - start:.0f} s wall)")
-            time.sleep(0.5)
-        code = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if code != 0:
-            kind = "killed (out of memory?)" if code == -9 else f"exit code {code}"
-            raise RuntimeError(f"{kind}: {err.read()[-1500:]}")
-        lines = [line for line in out.read().splitlines() if line.startswith("{")]
-    return json.loads(lines[-1]), usage.ru_maxrss / 1024
+    """Run this script with ``argv`` as a child (``bench/child.py``'s ``run_child``): killed past ``cpu_limit`` CPU seconds or
+    ``wall_limit`` wall seconds (a safety net)."""
+    return run_child(__file__, argv, wall_limit, cpu_limit=cpu_limit)
 
 
 def uptime() -> str:
@@ -302,7 +271,7 @@ def save(path: Path | None, records: list[dict], args: argparse.Namespace, load_
                "uptime_after": load_after, "timeout_cpu_s": args.timeout,
                "timeout_wall_s": args.timeout * args.wall_factor, "threads": args.threads, "pid": os.getpid()}
         runs = [r for r in old.get("runs", []) if r.get("pid") != os.getpid() or r.get("uptime_before") != load_before]
-        out = {"model": args.model, "answer_tokens_max": ANSWER_TOKENS, "cpu": _cpu_name(),
+        out = {"model": args.model, "answer_tokens_max": ANSWER_TOKENS, "cpu": cpu_name(),
                "measure": "cpu_seconds on one torch thread (wall seconds depend on the shared machine's load)",
                "runs": runs + [run], "records": merged}
         path.write_text(json.dumps(out, indent=1) + "\n")
@@ -373,15 +342,6 @@ def main() -> None:
     save(Path(args.json) if args.json else None, records, args, load_before, load_after, show=True)
     print(f"load: before {load_before}\n      after  {load_after}")
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

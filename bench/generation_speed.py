@@ -24,23 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
-from child import run_child
+from child import cpu_name, run_child
 PROMPT = "Every night, the old lighthouse keeper climbed the long stairs to light the great lamp, because"  # 18 tokens
 CASES = ("normxlogit", "captum_lig", "captum_fa")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _maxrss_mb() -> float:
@@ -134,7 +123,7 @@ def main() -> None:
         print(f"{case:<11} {result['seconds']:9.3f} s wall  {result['cpu_seconds']:9.3f} s CPU  "
               f"peak RSS {peak:7.0f} MB ({result['peak_growth_after_load_mb']:+.0f} MB over model + one forward)  "
               f"scores {result['scores_shape']}", flush=True)
-    summary = {"threads": args.threads, "load_average": os.getloadavg(), "cpu": _cpu_name(), "results": results, "prompt": PROMPT, "continuation": prepared["continuation"]}
+    summary = {"threads": args.threads, "load_average": os.getloadavg(), "cpu": cpu_name(), "results": results, "prompt": PROMPT, "continuation": prepared["continuation"]}
     if "normxlogit" in results:
         mine = results["normxlogit"]
         for case in ("captum_lig", "captum_fa"):
