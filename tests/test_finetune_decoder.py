@@ -129,3 +129,26 @@ def test_regressor_pairs_are_bos_separated_and_explained(registry):
     assert attrs[0].prediction == pytest.approx(float(pred), rel=1e-4)
     info = store.pretrained_info("tiny-llama-reg")
     assert np.isfinite(info["metric_value"])
+
+
+def test_lora_regressor_keeps_units_and_records_its_learning_curve(registry, tiny_llama):
+    """LoRA wraps the head (peft's modules_to_save); the rescale to label units and the curve must still apply."""
+    pytest.importorskip("peft")
+    recipes.register_recipe("tiny-llama-reg-lora", recipes.Recipe(
+        task="regression", num_labels=1, load_data=tiny_similarity, text_columns=("sentence1", "sentence2"),
+        label_column="score", metric="pearson", label_scale=5.0, base_model=tiny_llama, batch_size=8,
+        max_length=16, lr=3e-3, warmup_ratio=0.0, epochs=2, train_fn=DECODER_TRAIN,
+        options={"trainable": "lora", "add_bos_token": True, "curve_every": 2, "curve_size": 8}))
+    model, tok = store.pretrained("tiny-llama-reg-lora")
+    assert not any("lora" in n or "modules_to_save" in n for n, _ in model.named_parameters())
+    data = tiny_similarity("validation")
+    with torch.no_grad():
+        pred = model(**tok(list(data["sentence1"]), list(data["sentence2"]), padding=True,
+                           return_tensors="pt")).logits[:, 0].numpy()
+    gold = np.asarray(data["score"], dtype=float)
+    # in label units (0-5), not in units of label / 5: the mean prediction is near the mean label
+    assert abs(pred.mean() - gold.mean()) < 0.5 * gold.std() + 0.5
+    info = store.pretrained_info("tiny-llama-reg-lora")
+    curve = info["train"]["learning_curve"]
+    assert [p["step"] for p in curve] == list(range(2, 2 * len(curve) + 1, 2)) and len(curve) >= 2
+    assert all(np.isfinite(p["pearson"]) and p["examples"] == 8 * p["step"] for p in curve)

@@ -13,6 +13,8 @@ What is trained (``options["trainable"]``): ``"full"`` (every weight but the wor
 adapters on every linear layer of the blocks plus the new head, merged into the weights when training ends, so the
 cached model is a plain transformers model), ``"top<k>"`` (the last ``k`` blocks, the final norm and the head) or
 ``"head"`` (the head alone). ``bench/decoder_finetune.py`` measures them against each other.
+``options["curve_every"]`` (steps) records a learning curve on a seeded subset of the validation split
+(``options["curve_size"]`` rows) in the model's metadata.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .recipes import Recipe
-from .sequence import train_sequence_model
+from .sequence import learning_curve, train_sequence_model
 
 #: The base model of the decoder recipes (found locally first: ``$NORMXLOGIT_MODELS``, ``../shared/models``).
 DECODER_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -76,9 +78,12 @@ def apply_trainable(model: PreTrainedModel, trainable: str, *, lora_rank: int = 
     elif trainable == "lora":
         from peft import LoraConfig, get_peft_model
 
-        config = LoraConfig(task_type="SEQ_CLS", r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
-                            target_modules=list(LORA_TARGETS))
-        return get_peft_model(model, config)
+        # No task_type: peft's SEQ_CLS would wrap the head in a copy (modules_to_save), which the sequence loop's
+        # regression rescale could not find; the new head is trained as itself instead.
+        config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules=list(LORA_TARGETS))
+        wrapped = get_peft_model(model, config)
+        head.requires_grad_(True)
+        return wrapped
     elif trainable == "head" or re.fullmatch(r"top\d+", trainable):
         model.requires_grad_(False)
         if trainable != "head":
@@ -107,11 +112,16 @@ def train_decoder_sequence(
     pad = prepare_decoder_tokenizer(model, tokenizer, add_bos_token=recipe.options.get("add_bos_token"))
     trainable = recipe.options.get("trainable", "full")
     wrapped = apply_trainable(model, trainable, lora_rank=int(recipe.options.get("lora_rank", 8)))
-    stats = train_sequence_model(wrapped, tokenizer, recipe, device=device)
+    callback, curve = None, []
+    if recipe.options.get("curve_every"):  # the learning curve, kept in the metadata (nx.pretrained_info)
+        callback, curve = learning_curve(tokenizer, recipe, device=device, every=int(recipe.options["curve_every"]),
+                                         size=int(recipe.options.get("curve_size", 256)))
+    stats = train_sequence_model(wrapped, tokenizer, recipe, device=device, callback=callback)
     merged = merge_lora(wrapped)
     if merged is not model:  # peft swaps modules in place; the caller saves ``model``, so it must be the merged one
         raise RuntimeError("Merging the LoRA adapters did not leave the trained weights in the original model.")
     model.requires_grad_(True)
     model.eval()
     trained = sum(p.numel() for p in merged.parameters())
-    return {**stats, "trainable": trainable, "pad_token": pad, "parameters": trained}
+    return {**stats, "trainable": trainable, "pad_token": pad, "parameters": trained,
+            **({"learning_curve": curve} if curve else {})}

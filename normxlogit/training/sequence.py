@@ -41,6 +41,11 @@ def _labels(dataset: Dataset, recipe: Recipe) -> torch.Tensor:
     return torch.tensor(dataset[recipe.label_column][:], dtype=dtype)
 
 
+def _plain(model: PreTrainedModel) -> PreTrainedModel:
+    """The transformers model inside a peft wrapper (LoRA), else ``model``."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def train_sequence_model(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -65,7 +70,7 @@ def train_sequence_model(
         # several units: train on targets of order 1, starting the bias at their mean, and rescale at the end.
         labels = labels / recipe.label_scale
         with torch.no_grad():
-            bias = output_layer(model).bias  # decoders' ``score`` has none
+            bias = output_layer(_plain(model)).bias  # decoders' ``score`` has none
             if bias is not None:
                 bias.fill_(labels.mean().item())
     lengths = np.array([len(ids) for ids in _tokenize(tokenizer, texts, recipe)["input_ids"]])
@@ -90,7 +95,7 @@ def train_sequence_model(
         model.eval()
     if regression and recipe.label_scale != 1.0:
         with torch.no_grad():
-            head = output_layer(model)
+            head = output_layer(_plain(model))
             head.weight.mul_(recipe.label_scale)
             if head.bias is not None:
                 head.bias.mul_(recipe.label_scale)
@@ -121,13 +126,36 @@ def predict_logits(
     return out
 
 
-def evaluate_sequence_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, recipe: Recipe, *, device: torch.device
-) -> dict[str, float]:
-    """Accuracy (classification) or Pearson/Spearman r and MSE (regression) on ``recipe.eval_split``."""
+def learning_curve(
+    tokenizer: PreTrainedTokenizerBase, recipe: Recipe, *, device: torch.device, every: int, size: int = 256
+) -> tuple[Callable[[int, PreTrainedModel], None], list[dict[str, float]]]:
+    """A ``callback`` for :func:`train_sequence_model` that scores the model every ``every`` steps on a seeded subset
+    of ``size`` rows of ``recipe.eval_split``, and the list it fills with ``{"examples", "step", metric}`` records.
+
+    The points come from one run with one learning-rate schedule (linear decay to the run's end), so they show what
+    the run had learnt by then, not what a shorter run of its own would reach; the last point is the trained model.
+    """
+    from tqdm.auto import tqdm
+
+    data = recipe.load_data(recipe.eval_split)
+    data = data.shuffle(seed=recipe.seed).select(range(min(size, len(data))))
+    curve: list[dict[str, float]] = []
+
+    def callback(step: int, model: PreTrainedModel) -> None:
+        if step % every:
+            return
+        metrics = _score(model, tokenizer, data, recipe, device=device)
+        curve.append({"examples": step * recipe.batch_size, "step": step, recipe.metric: metrics[recipe.metric]})
+        tqdm.write(f"  after {step * recipe.batch_size} examples: {recipe.metric} {metrics[recipe.metric]:.3f} "
+                   f"on {len(data)} {recipe.eval_split} rows")
+        model.train()
+
+    return callback, curve
+
+
+def _score(model, tokenizer, dataset: Dataset, recipe: Recipe, *, device: torch.device) -> dict[str, float]:
     from scipy.stats import pearsonr, spearmanr
 
-    dataset = recipe.load_data(recipe.eval_split)
     logits = predict_logits(model, tokenizer, _texts(dataset, recipe), recipe, device=device)
     labels = _labels(dataset, recipe)
     if recipe.task == "regression":
@@ -140,3 +168,10 @@ def evaluate_sequence_model(
             "examples": len(dataset),
         }
     return {"accuracy": float((logits.argmax(-1) == labels).float().mean()), "examples": len(dataset)}
+
+
+def evaluate_sequence_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, recipe: Recipe, *, device: torch.device
+) -> dict[str, float]:
+    """Accuracy (classification) or Pearson/Spearman r and MSE (regression) on ``recipe.eval_split``."""
+    return _score(model, tokenizer, recipe.load_data(recipe.eval_split), recipe, device=device)
