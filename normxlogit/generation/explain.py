@@ -137,7 +137,9 @@ def explain_generation(
     lens: the final norm is applied first; -1 = last); ``norm_source``: ``embedding_output`` (``hidden_states[0]``)
     or ``word_embedding``. ``head``: a callable (N, hidden) -> (N, vocab) for architectures the head table does not
     know. ``options`` go to the method (``n_steps`` for integrated gradients, ``replacement`` for leave-one-out,
-    ``batch_tokens`` for the memory of the baselines). Every call checks that the head read on the position before
+    ``batch_tokens`` for the memory of the baselines: tokens per pass; ``internal_batch_size`` for integrated
+    gradients: interpolated sequences per forward/backward pass, ``"auto"`` by default, see
+    :mod:`normxlogit.generation.baselines`). Every call checks that the head read on the position before
     each generated token reproduces the model's own logit (:class:`GenerationInvariantError` if not). Inputs go to
     the input embedding's device (``device_map`` models included); results are numpy arrays on the CPU.
     ``sources``: ``"sentences"``, strings found in the prompt or (start, end) character spans of it (the user's
