@@ -4,7 +4,8 @@ For every task in ``TASKS``: ``--n`` examples (seed ``--seed``), the prompt wrap
 continuation of up to the task's ``max_new_tokens`` (the package's own ``prompt_ids``; ``--batch`` prompts
 left-padded into one ``generate`` call, which gave the same answers as one at a time on the prompts checked), scored by ``ContextExample.is_correct``. Prints each task's accuracy with a
 95% Wilson interval and writes ``normxlogit/resources/context_suites_accuracy.json``; a task is *kept* (``USABLE_TASKS``) when its
-accuracy is at least ``--keep`` (0.8).
+accuracy is at least ``--keep`` (0.8). A ``pilots`` entry already in the file (query wordings tried on fewer prompts
+before a task was written, each with its accuracy and interval) is kept as it is.
 
     python bench/context_suites_accuracy.py [--n 60] [--tasks repeat_word ...] [--threads 1]
 """
@@ -97,7 +98,7 @@ def main() -> None:
               f"{'kept' if acc >= args.keep else 'dropped'}   ({time.time() - started:.0f} s)", flush=True)
         out = {"model": args.model, "decoding": f"greedy, {args.batch} prompts per left-padded batch", "chat_template": True, "keep_threshold": args.keep,
                "prompt_template": "Context: {context}\\n\\nQuery: {query}", "load_average": os.getloadavg(),
-               "tasks": rows}
+               "tasks": rows, **({"pilots": old["pilots"]} if "pilots" in old else {})}
         path.write_text(json.dumps(out, indent=1) + "\n")
 
 

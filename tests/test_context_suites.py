@@ -24,12 +24,15 @@ def fake_data(tmp_path_factory):
     reviews = ["sentence\tlabel"]
     for i in range(40):
         words = [WORDS[(i * 7 + j) % len(WORDS)] + f"{'s' * (i // 26)}" for j in range(6)]
-        reviews.append(f"the {' '.join(words)} film is n't bad , really . \t{i % 2}")
+        # half the reviews open and close with words of their own (for the first- and last-word tasks)
+        first, last = ("the", "really") if i < 20 else (f"{WORDS[i % 26]}ly", f"{WORDS[(i + 9) % 26]}ish")
+        reviews.append(f"{first} {' '.join(words)} film is n't bad , {last} . \t{i % 2}")
     reviews.append("a bad -lrb- bracketed -rrb- review that is long enough . \t0")  # left out by the cleaner
     (root / "sst2" / "validation.tsv").write_text("\n".join(reviews) + "\n")
     header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
     rows = [header] + [f"{i}\tmain-captions\tx\t2012\t{i}\tnone\tnone\tA man number {WORDS[i % 26]} is "
-                       f"playing {WORDS[(i + 3) % 26]}{i}.\tA woman is cooking {WORDS[(i + 5) % 26]}{i} now.\t2.0"
+                       f"playing {WORDS[(i + 3) % 26]}{i}.\tA {('woman', 'girl', 'chef', 'boy')[i % 4]} is cooking the "
+                       f"{WORDS[(i + 5) % 26]}{'x' * (i // 26)}.\t2.0"
                        for i in range(40)]
     (root / "stsb" / "validation.tsv").write_text("\n".join(rows) + "\n")
     return str(root)
@@ -52,7 +55,7 @@ def test_suite_is_seeded_and_well_formed(fake_data, task):
     for ex in suite:
         assert ex.prompt == PROMPT_TEMPLATE.format(context=ex.context, query=ex.query)
         spans = ex.source_spans
-        assert len(spans) == len(ex.sources) == (2 if ex.check == "choice" else TASKS[task].sources)
+        assert len(spans) == len(ex.sources) == TASKS[task].sources
         for source, (start, end) in zip(ex.sources, spans):
             assert ex.prompt[start:end] == source  # each source is a substring of the prompt, in order
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
@@ -84,6 +87,30 @@ def test_which_mentions_names_the_right_review(fake_data):
         assert [word in s.lower() for s in ex.sources] == [ex.planted == 0, ex.planted == 1]
         assert ex.answer == str(ex.planted + 1)
         assert f"Review {ex.planted + 1}: {ex.sources[ex.planted]}" in ex.context
+
+
+def test_tasks_without_planted_text(fake_data):
+    """The answer comes from the sources' own text: the first or last word, a reviewer's name, a caption's object."""
+    for ex in make_suite("first_word", n=10, seed=0, data_dir=fake_data):
+        assert ex.sources[0].split()[0] == ex.answer and ex.planted == 0
+    for ex in make_suite("last_word", n=10, seed=0, data_dir=fake_data):
+        assert ex.sources[-1].rstrip(".").split()[-1] == ex.answer and ex.planted == len(ex.sources) - 1
+    for ex in make_suite("who_wrote", n=10, seed=0, data_dir=fake_data):
+        word = re.search(r'"([^"]+)"', ex.query).group(1)
+        assert ex.sources[ex.planted] == f"{ex.answer} wrote: " + ex.sources[ex.planted].split(": ", 1)[1]
+        assert [word in s for s in ex.sources] == [i == ex.planted for i in range(3)] and len(set(ex.labels)) == 3
+    for ex in make_suite("caption_object", n=10, seed=0, data_dir=fake_data):
+        subject, verb = re.fullmatch(r"What is the (\w+) (\w+)\?", ex.query).groups()
+        assert ex.sources[ex.planted].endswith(f"{subject} is {verb} the {ex.answer}.")
+    for task, labels in (("sentiment_all", ("positive", "negative")), ("has_word", ("yes", "no"))):
+        suite = make_suite(task, n=20, seed=0, data_dir=fake_data)
+        assert {ex.answer for ex in suite} == set(labels) and all(ex.labels == labels for ex in suite)
+    pools = sentence_pools(fake_data)
+    for ex in make_suite("sentiment_all", n=10, seed=0, data_dir=fake_data):
+        assert set(ex.sources) <= set(pools[ex.answer])
+    for ex in make_suite("has_word", n=10, seed=0, data_dir=fake_data):
+        word = re.search(r'"([^"]+)"', ex.query).group(1)
+        assert (word in ex.context.lower()) == (ex.answer == "yes")
 
 
 def test_answer_checks():

@@ -181,6 +181,34 @@ def test_integrated_gradients_equal_captum_per_token(make_tiny):
                                    atol=1e-6)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_integrated_gradients_in_bounded_chunks_equal_one_pass(make_tiny, family):
+    """internal_batch_size bounds the sequences per forward/backward pass (the memory), not the scores."""
+    model, tok = make_tiny(family, "causal-lm")
+    prompt, answer, n_steps = "the cat sat on the mat and", " it was warm there", 6
+    whole = nx.explain_generation(model, tok, prompt, continuation=answer, method="integrated_gradients",
+                                  n_steps=n_steps, internal_batch_size=None)
+    G, T = len(whole), len(whole.source_ids)
+    sizes: list[int] = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, args, out: sizes.append(out.shape[0]))
+    try:
+        for chunk, tokens in ((1, None), (4, None), ("auto", 3 * T), ("auto", None)):
+            sizes.clear()
+            r = nx.explain_generation(model, tok, prompt, continuation=answer, method="integrated_gradients",
+                                      n_steps=n_steps, internal_batch_size=chunk, batch_tokens=tokens)
+            np.testing.assert_allclose(r.scores[_valid(r)], whole.scores[_valid(whole)], rtol=1e-5, atol=1e-7)
+            limit = chunk if isinstance(chunk, int) else (tokens or nx.generation.baselines.GRAD_TOKEN_BUDGET) // T
+            gradient_passes = sizes[2:]  # after explain_generation's forward pass and the embedding lookup
+            assert sum(gradient_passes) == G * n_steps and max(gradient_passes) <= max(1, limit)
+            if chunk == 1:
+                assert len(gradient_passes) == G * n_steps
+    finally:
+        hook.remove()
+    with pytest.raises(ValueError, match="internal_batch_size must be"):
+        nx.explain_generation(model, tok, prompt, continuation=answer, method="integrated_gradients",
+                              internal_batch_size=0)
+
+
 @pytest.mark.parametrize("replacement", [None, "delete", 7])
 def test_leave_one_out_equals_single_variants(lm, replacement):
     model, tok = lm

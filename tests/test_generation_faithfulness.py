@@ -170,7 +170,45 @@ def test_evaluate_generation_methods_share_answers_and_ablations(make_tiny):
         report.paired("nope")
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_report_scores_both_aggregations_side_by_side(make_tiny, family):
+    """"normxlogit (mean)" beside "normxlogit": the same answers, ablations and token scores; the mean variant's
+    source scores are each source's summed score over its token count, and its metrics follow from them."""
+    model, tok = make_tiny(family, "causal-lm")
+    methods = ["random", "normxlogit", "normxlogit (mean)", "logat (mean)"]
+    report = nx.evaluate_generation_methods(model, tok, PROMPTS, methods=methods, k=(1, 2), n_ablations=8,
+                                            ratios=RATIOS, max_new_tokens=3)
+    assert report.methods == methods and list(report.table(n_boot=50).index) == methods
+    summed, mean = report["normxlogit"], report["normxlogit (mean)"]
+    assert mean.method == "normxlogit (mean)" and mean.meta["base_method"] == "normxlogit"
+    assert (mean.meta["source_aggregation"], summed.meta["source_aggregation"]) == ("mean", "sum")
+    assert set(report["random"].per_example["method"]) == {"random"} and report["random"].meta["source_aggregation"] is None
+    cases = prepare_cases(model, tok, PROMPTS, None, "sentences", chat=False, system_prompt=None, max_new_tokens=3,
+                          batch_tokens=None)  # the same greedy answers
+    for case, s_sum, s_mean in zip(cases, summed.per_example["source_scores"], mean.per_example["source_scores"]):
+        counts = np.array([len(p) for p in case.sources.positions])
+        np.testing.assert_allclose(s_mean, np.asarray(s_sum) / counts, rtol=1e-9)
+        values, _ = measure(case, np.asarray(s_mean), np.zeros(len(case.prompt_ids)), ks=(1, 2),
+                            masks=lds_masks(case, 8, 0), ratios=RATIOS)
+        row = mean.per_example.set_index("example").loc[case.index]
+        for metric in ("top_k_drop_1", "top_k_drop_2", "lds"):
+            assert row[metric] == pytest.approx(values[metric], nan_ok=True, abs=1e-9)
+    # comprehensiveness and sufficiency rank tokens: the same for both aggregations; one shared attribution
+    for column in ("comprehensiveness", "sufficiency", "logprob", "seconds"):
+        np.testing.assert_allclose(mean.per_example[column], summed.per_example[column])
+    single = nx.evaluate_generation(model, tok, PROMPTS, method="normxlogit", source_aggregation="mean", k=(1, 2),
+                                    n_ablations=8, ratios=RATIOS, max_new_tokens=3)
+    np.testing.assert_allclose(single.per_example["lds"], mean.per_example["lds"], atol=1e-9)
+    for a, b in zip(single.per_example["source_scores"], mean.per_example["source_scores"]):
+        np.testing.assert_allclose(a, b, rtol=1e-9)
+
+
 @pytest.mark.parametrize("kwargs,match", [
+    ({"methods": ["leave_one_out (mean)"]}, "scores sources directly"),
+    ({"methods": ["normxlogit (median)"]}, "methods must be"),
+    ({"methods": ["normxlogit", "normxlogit (sum)"]}, "same method and aggregation twice"),
+    ({"source_aggregation": "median"}, "source_aggregation must be one of"),
+    ({"methods": ["normxlogit (mean)"], "method_options": {"logat": {}}}, "method_options"),
     ({"methods": ["nope"]}, "methods must be"),
     ({"methods": ["random", "random"]}, "methods must be"),
     ({"n_ablations": 1}, "n_ablations"),

@@ -124,6 +124,37 @@ def test_source_scores_are_sums_over_the_source_tokens(lm):
         assert r.source_scores.shape == (len(r), len(SENTENCES)) and np.isfinite(r.source_scores).all()
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_mean_aggregation_is_the_sum_over_each_source_token_count(make_tiny, family):
+    model, tok = make_tiny(family, "causal-lm")
+    total = nx.explain_generation(model, tok, PROMPT, max_new_tokens=4, sources="sentences")
+    for method in ("normxlogit", "logat"):
+        r = nx.explain_generation(model, tok, PROMPT, continuation=total.generated_ids, method=method,
+                                  sources="sentences", source_aggregation="mean")
+        summed = nx.explain_generation(model, tok, PROMPT, continuation=total.generated_ids, method=method,
+                                       sources="sentences")
+        assert r.source_aggregation == "mean" and summed.source_aggregation == "sum"
+        expected = np.empty((len(r), len(r.sources)))
+        for t in range(len(r)):  # a plain loop: each source's tokens, added one by one, over their count
+            for j, positions in enumerate(r.source_positions):
+                acc = 0.0
+                for i in positions:
+                    acc += r.scores[t, i]
+                expected[t, j] = acc / len(positions)
+        np.testing.assert_allclose(r.source_scores, expected, rtol=1e-10)
+        counts = np.array([len(p) for p in summed.source_positions])
+        np.testing.assert_allclose(r.source_scores, summed.source_scores / counts[None, :], rtol=1e-10)
+        table = r.cite()  # cite ranks by the mean variant's scores (summed over the answer's tokens)
+        np.testing.assert_allclose(table.sort_index()["score"], expected.sum(0), rtol=1e-10)
+        assert list(table.index) == list(np.argsort(-expected.sum(0), kind="stable"))
+        again = nx.GenerationAttribution.from_dict(json.loads(r.to_json()))
+        assert again.source_aggregation == "mean"
+        np.testing.assert_allclose(again.source_scores, r.source_scores)
+        assert "averaged over the source" in r.to_html() and "summed over the source" in summed.to_html()
+    with pytest.raises(ValueError, match="source_aggregation must be one of 'sum', 'mean'"):
+        nx.explain_generation(model, tok, PROMPT, max_new_tokens=2, sources="sentences", source_aggregation="max")
+
+
 def test_cite_whole_answer_and_spans(lm):
     model, tok = lm
     r = nx.explain_generation(model, tok, PROMPT, max_new_tokens=5, sources="sentences")
@@ -208,6 +239,9 @@ def test_cite_command(tmp_path, tokenizer, capsys):
     page = tmp_path / "cite.html"
     assert main(args + ["--format", "html", "-o", str(page)]) == 0
     assert "Citations" in page.read_text() and "<!DOCTYPE html>" in page.read_text()
+    capsys.readouterr()
+    assert main(args + ["--source-aggregation", "mean", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["source_aggregation"] == "mean"
     assert main(["cite", "--context", str(tmp_path / "missing.txt"), "--question", "q", "--model", str(folder)]) == 2
     assert "cannot read --context" in capsys.readouterr().err
 

@@ -87,7 +87,7 @@ class ContextExample:
             others = [_normal(s) for i, s in enumerate(self.sources) if i != self.planted]
             return _normal(self.answer) in said and not any(o in said for o in others)
         if self.check == "choice":
-            named = {label for label in self.labels if re.search(rf"\b{re.escape(label)}\b", said)}
+            named = {label for label in self.labels if re.search(rf"\b{re.escape(_normal(label))}\b", said)}
             return named == {self.answer}
         return re.search(rf"\b{re.escape(_normal(self.answer))}\b", said) is not None
 
@@ -240,6 +240,92 @@ def _two_reviews(kind: str):
     return build
 
 
+def _attempts(limit: int = 10_000):
+    """Draws a builder may try before it gives up on a pool that has no fitting context (a clear error, not a hang)."""
+    yield from range(limit)
+    raise ValueError(f"No fitting context in {limit} draws: the sentence pool lacks the sentences this task needs.")
+
+
+def _first_word(rng, pools, k):
+    """The context's first word (nothing planted: the first review supplies it, a word that no other source has)."""
+    for _ in _attempts():
+        sources = _reviews(rng, pools, k)
+        word = sources[0].split()[0]
+        rest = " ".join(sources).lower()[len(word):]
+        if re.fullmatch(r"[A-Za-z]{4,}", word) and word.lower() not in _STOP and word.lower() not in rest:
+            return sources, "What is the first word of the context? Answer with that word only.", word, 0, "word", ()
+
+
+def _last_word(rng, pools, k):
+    """The context's last word (nothing planted: the last review supplies it, a word that no other source has)."""
+    for _ in _attempts():
+        sources = _reviews(rng, pools, k)
+        word = sources[-1].rstrip(".").split()[-1]
+        rest = " ".join(sources).lower()[: -len(word) - 1]
+        if re.fullmatch(r"[a-z]{4,}", word) and word not in _STOP and word not in rest:
+            return sources, "What is the last word of the context? Answer with that word only.", word, k - 1, "word", ()
+
+
+_NAMES = ("Anna", "Ben", "Clara", "David", "Emma", "Felix", "Grace", "Hugo")
+
+
+def _who_wrote(rng, pools, k):
+    """Reviews signed by names; which reviewer used a word that occurs in one review only."""
+    for _ in _attempts():
+        reviews, planted = _reviews(rng, pools, k), int(rng.integers(k))
+        word = _unique_word(rng, reviews, planted, " ".join(_NAMES) + " wrote")
+        if word is not None:
+            break
+    names = [str(n) for n in rng.choice(_NAMES, size=k, replace=False)]
+    sources = [f"{name} wrote: {review}" for name, review in zip(names, reviews)]
+    query = f'Who used the word "{word}"? Answer with the name only.'
+    return sources, query, names[planted], planted, "choice", tuple(names)
+
+
+def _sentiment_all(rng, pools, k):
+    """Reviews that all share one polarity; is the context positive or negative (every source is evidence)."""
+    label = "positive" if rng.random() < 0.5 else "negative"
+    sources = _draw(rng, pools[label], k)
+    return (sources, "Are these reviews positive or negative? Answer with one word.", label, None, "choice",
+            ("positive", "negative"))
+
+
+def _has_word(rng, pools, k):
+    """Whether a quoted word occurs in the context (half the time it does, in one review; else it is in none)."""
+    for _ in _attempts():
+        sources, present = _reviews(rng, pools, k), bool(rng.random() < 0.5)
+        holder = int(rng.integers(k))
+        if present:
+            word = _unique_word(rng, sources, holder)
+        else:
+            extra = _reviews(rng, pools, 1)
+            word = _unique_word(rng, extra + sources, 0)
+        if word is not None:
+            break
+    query = f'Does the context contain the word "{word}"? Answer yes or no.'
+    return sources, query, "yes" if present else "no", None, "choice", ("yes", "no")
+
+
+# "A woman is slicing a tomato.": a caption that a plain "What is the woman slicing?" asks about.
+_ACTION = re.compile(r"(?:A|An|The) ([a-z]+) is ([a-z]+ing) (?:a|an|the|some|his|her) ([a-z]+)\.")
+
+
+def _caption_object(rng, pools, k):
+    """What a captioned person is doing it to, among captions that mention neither that person nor the object."""
+    targets = [c for c in pools["captions"] if _ACTION.fullmatch(c)]
+    if not targets:
+        raise ValueError('No caption of the form "A <someone> is <verb>ing a <thing>." in the sentence pool.')
+    for _ in _attempts():
+        target = targets[rng.integers(len(targets))]
+        subject, verb, thing = _ACTION.fullmatch(target).groups()
+        others = [c for c in _draw(rng, pools["captions"], 4 * k)
+                  if c != target and subject not in c.lower() and thing not in c.lower()][: k - 1]
+        if len(others) == k - 1:
+            break
+    planted = int(rng.integers(k))
+    return others[:planted] + [target] + others[planted:], f"What is the {subject} {verb}?", thing, planted, "word", ()
+
+
 @dataclass(frozen=True)
 class SuiteTask:
     """A task: how to build one example, how many sources by default, its answer budget and what it tests."""
@@ -249,6 +335,9 @@ class SuiteTask:
     max_new_tokens: int
     description: str
     planted: bool  # the answer provably depends on one source (the planted index is recorded)
+    #: how the sources make the context: ``prose`` (joined by spaces), ``lines`` (one per line) or ``numbered``
+    #: (``Review 1: ...``, one per line)
+    layout: str = "prose"
 
 
 #: Every task tried. ``planted=True``: the answer's content occurs in one source only (traceback accuracy).
@@ -267,9 +356,22 @@ TASKS: dict[str, SuiteTask] = {
     "marker_word": SuiteTask(_marker_word, 5, 12, "answer with the word that follows an @ marker placed in one "
                              "review", True),
     "which_mentions": SuiteTask(_two_reviews("mentions"), 2, 12, "which of two reviews contains a given word "
-                                "(answer 1 or 2)", True),
+                                "(answer 1 or 2)", True, "numbered"),
     "which_negative": SuiteTask(_two_reviews("negative"), 2, 12, "which of two reviews (one positive, one "
-                                "negative) is negative (answer 1 or 2)", False),
+                                "negative) is negative (answer 1 or 2)", False, "numbered"),
+    # Tasks where nothing is planted: the answer comes from the reviews' own text.
+    "first_word": SuiteTask(_first_word, 5, 12, "the context's first word (a word no other review has; SST-2 "
+                            "reviews, nothing planted)", True),
+    "last_word": SuiteTask(_last_word, 5, 12, "the context's last word (a word no other review has; SST-2 reviews, "
+                           "nothing planted)", True),
+    "who_wrote": SuiteTask(_who_wrote, 3, 12, "which of three named reviewers used a word only their review has "
+                           "(answer with the name)", True, "lines"),
+    "sentiment_all": SuiteTask(_sentiment_all, 3, 12, "three reviews of one polarity: positive or negative? "
+                               "(nothing planted; every review is evidence)", False),
+    "caption_object": SuiteTask(_caption_object, 5, 12, 'what the one captioned person is doing something to ("What '
+                                'is the woman slicing?"; STS-B captions, nothing planted)', True),
+    "has_word": SuiteTask(_has_word, 4, 12, "whether a quoted word occurs in the context (yes or no; half the "
+                          "time it is in one review, else in none)", False),
 }
 
 
@@ -290,7 +392,8 @@ def make_suite(task: str, n: int = 50, seed: int = 0, *, sources: int | None = N
     out = []
     for _ in range(n):
         srcs, query, answer, planted, check, labels = spec.build(rng, pools, k)
-        context = "\n".join(f"Review {i + 1}: {s}" for i, s in enumerate(srcs)) if check == "choice" else " ".join(srcs)
+        context = ("\n".join(f"Review {i + 1}: {s}" for i, s in enumerate(srcs)) if spec.layout == "numbered"
+                   else ("\n" if spec.layout == "lines" else " ").join(srcs))
         out.append(ContextExample(task, context, query, tuple(srcs), answer, planted if spec.planted else None,
                                   check, labels))
     return out

@@ -1,12 +1,15 @@
 """The baselines of generation attribution, per generated token: gradient norm, Gradient x Input, Integrated
-Gradients (captum; one backward pass per generated token, fifty for IG) and leave-one-out (one forward pass per
-source token). They read the same :class:`~normxlogit.generation.registry.GenerationBatch` as the one-forward
-methods and return the same (G, T) scores.
+Gradients (one backward pass per generated token, ``n_steps`` for IG, with captum's Gauss-Legendre rule) and
+leave-one-out (one forward pass per source token). They read the same
+:class:`~normxlogit.generation.registry.GenerationBatch` as the one-forward methods and return the same (G, T) scores.
+
+Memory: the gradient methods run their sequences (one per generated token and interpolation step) in passes of a
+bounded size (``batch_tokens``, default :data:`GRAD_TOKEN_BUDGET` tokens, or IG's ``internal_batch_size``
+sequences), so the peak grows with one pass, not with ``n_steps`` x prompt length x answer length.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
@@ -19,10 +22,16 @@ from ..core.inputs import replacement_token_id
 from .reading import gathered_logits, last_hidden, model_logits
 from .registry import GenerationBatch, register_generation_method
 
-__all__ = ["LOGITS_BUDGET", "TOKEN_BUDGET", "TargetLogit", "gradient_attributions", "loo_replacement"]
+__all__ = ["GRAD_TOKEN_BUDGET", "LOGITS_BUDGET", "TOKEN_BUDGET", "TargetLogit", "gradient_attributions",
+           "gradient_rows", "loo_replacement"]
 
-#: Tokens per forward/backward pass of the gradient and occlusion baselines (rows = budget // sequence length).
+#: Tokens per forward pass of leave-one-out (rows = budget // sequence length; no gradients are kept).
 TOKEN_BUDGET = 8192
+#: Tokens per forward/backward pass of the gradient baselines by default. A backward pass keeps every layer's
+#: activations for each token of the pass: measured for SmolLM2-135M-Instruct (float32, one thread, a 152-token
+#: chat prompt, IG with 1 and 4 sequences per pass) 1.5-1.6 MB a token, so the former 8,192-token passes took over
+#: 12 GB; 2,048 tokens keep a pass near 3 GB there, with passes still large enough to batch well.
+GRAD_TOKEN_BUDGET = 2048
 #: Largest logits tensor (elements) leave-one-out builds in one pass: rows x generated tokens x vocabulary.
 LOGITS_BUDGET = 2**25
 
@@ -55,44 +64,70 @@ class TargetLogit:
         return gathered_logits(self.head, picked, targets).diagonal()
 
 
-def rows_per_pass(batch: GenerationBatch, batch_tokens: int | None) -> int:
-    """Sequences per forward/backward pass: ``batch_tokens`` (default :data:`TOKEN_BUDGET`) // sequence length."""
-    budget = TOKEN_BUDGET if batch_tokens is None else int(batch_tokens)
+def rows_per_pass(batch: GenerationBatch, batch_tokens: int | None, budget: int = TOKEN_BUDGET) -> int:
+    """Sequences per forward/backward pass: ``batch_tokens`` (default ``budget``) // sequence length, at least 1."""
+    budget = budget if batch_tokens is None else int(batch_tokens)
     if budget < 1:
         raise ValueError(f"batch_tokens must be at least 1, got {batch_tokens}.")
     return max(1, budget // batch.length)
 
 
+def gradient_rows(batch: GenerationBatch, batch_tokens: int | None, internal_batch_size: int | str | None,
+                  total: int) -> int:
+    """Sequences per forward/backward pass of a gradient method, out of ``total``: ``internal_batch_size`` (an int),
+    all ``total`` (None) or, for ``"auto"``, ``batch_tokens`` (default :data:`GRAD_TOKEN_BUDGET`) // length."""
+    if internal_batch_size == "auto":
+        return rows_per_pass(batch, batch_tokens, GRAD_TOKEN_BUDGET)
+    if internal_batch_size is None:
+        return max(1, total)
+    if isinstance(internal_batch_size, bool) or not isinstance(internal_batch_size, (int, np.integer)) \
+            or internal_batch_size < 1:
+        raise ValueError(f"internal_batch_size must be 'auto', None or an int of at least 1, got "
+                         f"{internal_batch_size!r}.")
+    return int(internal_batch_size)
+
+
 def gradient_attributions(batch: GenerationBatch, algorithm: str, *, n_steps: int = 50,
-                          batch_tokens: int | None = None) -> Tensor:
-    """Raw captum attributions (G, T, E) w.r.t. the word embeddings, row t for generated token t's logit.
+                          batch_tokens: int | None = None, internal_batch_size: int | str | None = "auto") -> Tensor:
+    """Raw attributions (G, T, E) w.r.t. the word embeddings, row t for generated token t's logit.
 
-    Row t is its own backward pass (rows are independent, so batching them changes nothing but speed).
+    ``gradient_norm``: the gradient; ``grad_x_input``: embedding x gradient; ``integrated_gradients``: IG from a
+    zero baseline with ``n_steps`` Gauss-Legendre nodes (captum's ``method="gausslegendre"``): embedding x the
+    weighted sum of the gradients at the scaled embeddings. Every (generated token, step) pair is one sequence
+    through the model; they run in passes of ``internal_batch_size`` sequences (:func:`gradient_rows`), and each
+    pass's weighted gradients are added at once into a (G, T, E) float32 sum, so the peak memory is one pass's
+    activations plus the result, whatever ``n_steps`` and the answer's length (sequences are independent, so the
+    chunking changes nothing but memory and speed).
     """
-    from captum.attr import InputXGradient, IntegratedGradients, Saliency
-
+    if algorithm not in ("gradient_norm", "grad_x_input", "integrated_gradients"):
+        raise ValueError(f"Unknown gradient algorithm {algorithm!r}.")
     forward = TargetLogit(batch.model, batch.head)
     with torch.no_grad():
-        embeddings = forward.embedding(batch.input_ids).detach()
-    G = batch.num_generated
-    ids, positions, targets = batch.input_ids.expand(G, -1), batch.positions, batch.targets
-    rows = rows_per_pass(batch, batch_tokens)
+        embeddings = forward.embedding(batch.input_ids).detach()[0]  # (T, E)
     if algorithm == "integrated_gradients":
-        if not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
+        if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
             raise ValueError(f"n_steps must be an int of at least 1, got {n_steps!r}.")
-        per_chunk = max(1, rows // n_steps)  # generated tokens whose n_steps interpolations fit in one pass
-        attribute = functools.partial(IntegratedGradients(forward).attribute, baselines=0.0, n_steps=n_steps,
-                                      internal_batch_size=max(rows, 2 * per_chunk), method="gausslegendre")
+        nodes, weights = np.polynomial.legendre.leggauss(int(n_steps))
+        alphas, weights = (nodes + 1) / 2, weights / 2  # the rule on [0, 1]
     else:
-        per_chunk = rows
-        algo = Saliency(forward) if algorithm == "gradient_norm" else InputXGradient(forward)
-        attribute = functools.partial(algo.attribute, abs=False) if algorithm == "gradient_norm" else algo.attribute
-    parts = []
-    for start in range(0, G, per_chunk):
-        sel = slice(start, start + per_chunk)
-        inputs = embeddings.expand(len(targets[sel]), -1, -1).clone().requires_grad_()
-        parts.append(attribute(inputs, additional_forward_args=(ids[sel], positions[sel], targets[sel])).detach())
-    return torch.cat(parts)
+        alphas, weights = np.ones(1), np.ones(1)
+    G, S = batch.num_generated, len(alphas)
+    rows = gradient_rows(batch, batch_tokens, internal_batch_size, G * S)
+    device = embeddings.device
+    alpha = torch.tensor(alphas, dtype=embeddings.dtype, device=device)
+    weight = torch.tensor(weights, dtype=torch.float32, device=device)
+    positions, targets = batch.positions.to(device), batch.targets.to(device)
+    total = torch.zeros((G, *embeddings.shape), dtype=torch.float32, device=device)
+    pairs = torch.arange(G * S, device=device)
+    for start in range(0, G * S, rows):
+        chunk = pairs[start: start + rows]
+        t, k = chunk // S, chunk % S
+        inputs = (alpha[k, None, None] * embeddings[None]).requires_grad_()
+        logits = forward(inputs, batch.input_ids.expand(len(chunk), -1), positions[t], targets[t])
+        (grad,) = torch.autograd.grad(logits.sum(), inputs)
+        total.index_add_(0, t, weight[k, None, None] * grad.float())
+        del inputs, logits, grad
+    return total if algorithm == "gradient_norm" else embeddings.float()[None] * total
 
 
 def l1(attributions: Tensor) -> Tensor:
@@ -101,13 +136,13 @@ def l1(attributions: Tensor) -> Tensor:
 
 
 @register_generation_method("gradient_norm", "L1 norm of d logit(y_t) / d word embedding, one backward per generated "
-                            "token (captum)", signed=False, needs_grad=True)
+                            "token", signed=False, needs_grad=True)
 def gradient_norm(batch: GenerationBatch, batch_tokens: int | None = None) -> Tensor:
     return l1(gradient_attributions(batch, "gradient_norm", batch_tokens=batch_tokens))
 
 
-@register_generation_method("grad_x_input", "L1 norm of gradient × word embedding, one backward per generated token "
-                            "(captum)", signed=False, needs_grad=True)
+@register_generation_method("grad_x_input", "L1 norm of gradient × word embedding, one backward per generated token",
+                            signed=False, needs_grad=True)
 def grad_x_input(batch: GenerationBatch, batch_tokens: int | None = None) -> Tensor:
     return l1(gradient_attributions(batch, "grad_x_input", batch_tokens=batch_tokens))
 
@@ -116,10 +151,16 @@ def steps_meta(batch: GenerationBatch, options: dict[str, Any]) -> dict[str, Any
     return {"n_steps": int(options.get("n_steps", 50))}
 
 
-@register_generation_method("integrated_gradients", "L1 norm of integrated gradients (zero baseline, 50 steps) per "
-                            "generated token (captum)", signed=False, needs_grad=True, meta=steps_meta)
-def integrated_gradients(batch: GenerationBatch, n_steps: int = 50, batch_tokens: int | None = None) -> Tensor:
-    return l1(gradient_attributions(batch, "integrated_gradients", n_steps=n_steps, batch_tokens=batch_tokens))
+@register_generation_method("integrated_gradients", "L1 norm of integrated gradients (zero baseline, 50 steps of "
+                            "captum's Gauss-Legendre rule) per generated token", signed=False, needs_grad=True,
+                            meta=steps_meta)
+def integrated_gradients(batch: GenerationBatch, n_steps: int = 50, batch_tokens: int | None = None,
+                         internal_batch_size: int | str | None = "auto") -> Tensor:
+    """IG per generated token; ``internal_batch_size``: interpolated sequences per forward/backward pass (``"auto"``:
+    ``batch_tokens``, default :data:`GRAD_TOKEN_BUDGET`, // the sequence length; None: all G x ``n_steps`` at once;
+    an int). It bounds the peak memory and leaves the scores unchanged (:func:`gradient_attributions`)."""
+    return l1(gradient_attributions(batch, "integrated_gradients", n_steps=n_steps, batch_tokens=batch_tokens,
+                                    internal_batch_size=internal_batch_size))
 
 
 # --- leave-one-out -------------------------------------------------------------------------------------------------

@@ -77,6 +77,9 @@ def _bar(value: float, scale: float, signed: bool) -> str:
             f'<span class="nxc-num">{value:+.3g}</span>')
 
 
+_AGGREGATED = {"sum": "summed over", "mean": "averaged over"}
+
+
 def _top(values: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-np.nan_to_num(values, nan=-np.inf), kind="stable")[:k]
 
@@ -134,8 +137,9 @@ def citation_html(result: Any, unit: str = "word", top: int = 3) -> str:
              + "".join(hover) + "</style>")
     return (f'<div id="{uid}" class="nxc">{style}<div style="margin:0.6em 0 0.2em"><strong>Citations</strong></div>'
             f'<div class="nxc-help">Click or hover a part of the answer: its top {top} sources light up (darkest '
-            f"first). Bars: each source's score for the whole answer ({html.escape(result.method)}, summed over the "
-            f"source's tokens).</div>{''.join(radios)}"
+            f"first). Bars: each source's score for the whole answer ({html.escape(result.method)}, "
+            f"{_AGGREGATED.get(getattr(result, 'source_aggregation', 'sum'), 'summed over')} the source's tokens)."
+            f"</div>{''.join(radios)}"
             f'<div class="nxc-ans" id="{uid}-ans">{"".join(labels)}</div><ol class="nxc-src">{items}</ol></div>')
 
 

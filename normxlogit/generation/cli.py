@@ -12,7 +12,7 @@ from pathlib import Path
 from .explain import explain_generation
 from .registry import NORM_SOURCES, list_generation_methods
 from .result import GenerationAttribution
-from .sources import sentence_spans
+from .sources import SOURCE_AGGREGATIONS, sentence_spans
 
 __all__ = ["CITE_TEMPLATE", "DEFAULT_LLM", "add_cli_parser", "cite_prompt", "run_cli"]
 
@@ -68,6 +68,8 @@ def add_cite_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="load the model in this dtype")
     p.add_argument("--device", help="run on this device (cpu, cuda, cuda:1...)")
     p.add_argument("--format", default="text", choices=["text", "json", "html"], help="output format")
+    p.add_argument("--source-aggregation", default="sum", choices=list(SOURCE_AGGREGATIONS),
+                   help="a source's score: the sum of its tokens' scores (default) or their mean (no length bias)")
     p.add_argument("--top", type=int, default=5, help="text: how many sources to list")
     p.add_argument("-o", "--output", help="write to this file instead of standard output")
     return p
@@ -101,8 +103,9 @@ def _page(result: GenerationAttribution, step: int, title: str = "generation att
 
 def _cite_text(result: GenerationAttribution, top: int) -> str:
     table = result.cite().head(max(1, top))
-    lines = [f"answer: {result.generated_text!r}", f"sources ranked for the whole answer ({result.method}, summed "
-             "over each source's tokens and the answer's tokens):"]
+    over = "summed" if result.source_aggregation == "sum" else "averaged"
+    lines = [f"answer: {result.generated_text!r}", f"sources ranked for the whole answer ({result.method}, {over} "
+             "over each source's tokens, summed over the answer's tokens):"]
     lines += [f"{rank + 1:>3}. [{j + 1}] {score:+.4g}  {source}"
               for rank, (j, source, score) in enumerate(zip(table.index, table["source"], table["score"]))]
     return "\n".join(lines) + "\n"
@@ -123,7 +126,8 @@ def run_cite(args: argparse.Namespace) -> int:
     chat = bool(getattr(tokenizer, "chat_template", None)) if args.chat is None else args.chat
     result = explain_generation(model, tokenizer, prompt, max_new_tokens=args.max_new_tokens,
                                 continuation=args.continuation, method=args.method, chat=chat,
-                                system_prompt=args.system, sources=spans)
+                                system_prompt=args.system, sources=spans,
+                                source_aggregation=args.source_aggregation)
     if args.format == "json":
         out = result.to_json(indent=1) + "\n"
     elif args.format == "html":

@@ -29,7 +29,7 @@ from .reading import gathered_logits, model_logits
 from .registry import (NORM_SOURCES, GenerationBatch, GenerationMethod, check_options, get_generation_method,
                        register_generation_method)
 from .result import GenerationAttribution
-from .sources import Sources, attach_sources, locate_sources
+from .sources import Sources, attach_sources, check_aggregation, locate_sources
 
 __all__ = ["INVARIANT_TOLERANCE", "GenerationInvariantError", "attribute_sequence", "explain_generation",
            "generation_logat", "generation_norms", "invariant_gap"]
@@ -125,6 +125,7 @@ def explain_generation(
     norm_source: str = "embedding_output",
     head: Callable[[Tensor], Tensor] | None = None,
     sources: Sources | None = None,
+    source_aggregation: str = "sum",
     **options: Any,
 ) -> GenerationAttribution:
     """Attribute every generated token of a causal LM to every earlier token.
@@ -136,15 +137,23 @@ def explain_generation(
     lens: the final norm is applied first; -1 = last); ``norm_source``: ``embedding_output`` (``hidden_states[0]``)
     or ``word_embedding``. ``head``: a callable (N, hidden) -> (N, vocab) for architectures the head table does not
     know. ``options`` go to the method (``n_steps`` for integrated gradients, ``replacement`` for leave-one-out,
-    ``batch_tokens`` for the memory of the baselines). Every call checks that the head read on the position before
+    ``batch_tokens`` for the memory of the baselines: tokens per pass; ``internal_batch_size`` for integrated
+    gradients: interpolated sequences per forward/backward pass, ``"auto"`` by default, see
+    :mod:`normxlogit.generation.baselines`). Every call checks that the head read on the position before
     each generated token reproduces the model's own logit (:class:`GenerationInvariantError` if not). Inputs go to
     the input embedding's device (``device_map`` models included); results are numpy arrays on the CPU.
     ``sources``: ``"sentences"``, strings found in the prompt or (start, end) character spans of it (the user's
-    message with ``chat=True``); the result then has ``sources``, ``source_scores`` (token scores summed over each
-    source's tokens, :mod:`normxlogit.generation.sources`) and :meth:`~GenerationAttribution.cite`.
+    message with ``chat=True``); the result then has ``sources``, ``source_scores`` and
+    :meth:`~GenerationAttribution.cite`. ``source_aggregation`` (stored on the result as ``source_aggregation``)
+    makes a source's score from its tokens' scores: ``"sum"`` (the default: an additive reading predicts the effect
+    of deleting a source as the sum of its tokens' effects, which is what the top-k drop and the LDS of
+    :func:`~normxlogit.evaluate_generation` test) or ``"mean"`` (the average over the source's tokens, which removes
+    the sum's length bias: scores positive everywhere make long sources outrank short ones whatever they say); see
+    :mod:`normxlogit.generation.sources`.
     """
     spec = get_generation_method(method)
     check_options(spec, options)
+    check_aggregation(source_aggregation)
     check_causal_lm(model)
     check_trained_head(model, "explain_generation")
     if norm_source not in NORM_SOURCES:
@@ -174,7 +183,7 @@ def explain_generation(
     batch, scores, gap = attribute_sequence(model, tokenizer, source + generated, len(source), method=method,
                                             layer=layer, norm_source=norm_source, head=head, **options)
     result = build_result(batch, scores, spec, prompt, gap, chat=chat, options=options, generated=continuation is None)
-    return result if located is None else attach_sources(result, located, tokenizer)
+    return result if located is None else attach_sources(result, located, tokenizer, source_aggregation)
 
 
 def attribute_sequence(

@@ -21,10 +21,20 @@ Methods: every generation method of :func:`~normxlogit.explain_generation` (``no
 per source, from the same scorer; here it replaces the token-level leave-one-out of ``explain_generation``) and
 ``contextcite`` (the ``context-cite`` package, :mod:`.contextcite`). ``evaluate_generation_methods`` runs several on
 the same answers and ablations, so their differences are paired.
+
+Source aggregation (:mod:`.sources`): a token-level method's source scores are the ``"sum"`` (default) or the
+``"mean"`` of its token scores over each source's tokens (``source_aggregation=``). One report can hold both: a
+method named ``"<method> (mean)"`` or ``"<method> (sum)"`` (:func:`method_variant`) is that method with that
+aggregation, whatever ``source_aggregation`` says for plain names, so ``methods=["normxlogit", "normxlogit (mean)"]``
+scores both side by side on the same answers and ablations; the token scores are computed once and shared (both
+rows report that one computation's time). The aggregation changes the source ranking (top-k drop) and the LDS
+prediction; comprehensiveness and sufficiency rank tokens, so the two variants share them. Source-level methods
+(``random``, ``leave_one_out``, ``contextcite``) score sources directly and take no aggregation.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -45,10 +55,10 @@ from .explain import explain_generation
 from .prompts import check_causal_lm, continuation_ids, greedy_continuation, prompt_ids
 from .registry import get_generation_method, list_generation_methods
 from .report import GenerationFaithfulness, GenerationReport, k_label
-from .sources import PromptSources, Sources, locate_sources
+from .sources import PromptSources, Sources, aggregate_sources, check_aggregation, locate_sources
 
 __all__ = ["DEFAULT_EVALUATION_METHODS", "SOURCE_METHODS", "PromptCase", "evaluate_generation",
-           "evaluate_generation_methods", "list_evaluation_methods", "prepare_cases"]
+           "evaluate_generation_methods", "list_evaluation_methods", "method_variant", "prepare_cases"]
 
 #: Methods scored at the level of sources (by ablation or at random) rather than aggregated from token scores.
 SOURCE_METHODS = ("random", "leave_one_out", "contextcite")
@@ -57,9 +67,32 @@ DEFAULT_EVALUATION_METHODS = ("random", "norm", "logat", "normxlogit", "gradient
                               "integrated_gradients", "leave_one_out", "attention", "contextcite")
 
 
+_VARIANT = re.compile(r"(.+) \((sum|mean)\)")
+
+
 def list_evaluation_methods() -> list[str]:
-    """Names :func:`evaluate_generation` accepts: the generation methods and the source-level ones."""
+    """Names :func:`evaluate_generation` accepts: the generation methods and the source-level ones (a generation
+    method may also be named with its aggregation, ``"normxlogit (mean)"``: :func:`method_variant`)."""
     return sorted(set(list_generation_methods()) | set(SOURCE_METHODS))
+
+
+def method_variant(name: str, source_aggregation: str = "sum") -> tuple[str, str | None]:
+    """The method and source aggregation a report entry ``name`` stands for: ``"normxlogit (mean)"`` ->
+    ``("normxlogit", "mean")``; a plain generation method takes ``source_aggregation``; a source-level method
+    (:data:`SOURCE_METHODS`) has none (``None``). Clear errors for unknown names and for an aggregation given to a
+    source-level method."""
+    check_aggregation(source_aggregation)
+    match = _VARIANT.fullmatch(name) if isinstance(name, str) else None
+    base, aggregation = (match.group(1), match.group(2)) if match else (name, None)
+    if base not in list_evaluation_methods():
+        raise ValueError(f"methods must be distinct names among {', '.join(list_evaluation_methods())} (a generation "
+                         f"method optionally followed by ' (sum)' or ' (mean)'); got {name!r}.")
+    if base in SOURCE_METHODS:
+        if aggregation is not None:
+            raise ValueError(f"{base!r} scores sources directly (no token scores to aggregate); {name!r} is not a "
+                             "method, use the plain name.")
+        return base, None
+    return base, aggregation or source_aggregation
 
 
 @dataclass
@@ -112,9 +145,12 @@ def prepare_cases(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pr
 
 
 def method_scores(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, case: PromptCase, method: str,
-                  options: dict[str, Any], *, seed: int, chat: bool,
-                  system_prompt: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """A method's source scores (S,) and prompt-token scores (P,) for the whole answer of ``case``."""
+                  options: dict[str, Any], *, seed: int, chat: bool, system_prompt: str | None,
+                  aggregation: str = "sum", memo: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A method's source scores (S,) and prompt-token scores (P,) for the whole answer of ``case``.
+
+    A token-level method's source scores aggregate its token scores over each source (``aggregation``); ``memo``
+    (a dict, per prompt) keeps its attribution by (method, options), so another aggregation reuses it."""
     located, scorer = case.sources, case.scorer
     S, P = len(located.texts), scorer.prompt_length
     owner = np.full(P, -1)
@@ -132,9 +168,14 @@ def method_scores(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ca
     if method == "contextcite":
         scores = contextcite_scores(model, tokenizer, case.prompt, located, scorer, **options)
         return scores, np.where(owner >= 0, scores[owner], 0.0)
-    result = explain_generation(model, tokenizer, case.prompt, continuation=case.answer_ids, method=method,
-                                chat=chat, system_prompt=system_prompt, sources=located.spans, **options)
-    return result.source_scores.sum(0), result.scores[:, :P].sum(0)
+    key = (method, repr(sorted(options.items())))
+    result = None if memo is None else memo.get(key)
+    if result is None:
+        result = explain_generation(model, tokenizer, case.prompt, continuation=case.answer_ids, method=method,
+                                    chat=chat, system_prompt=system_prompt, sources=located.spans, **options)
+        if memo is not None:
+            memo[key] = result
+    return aggregate_sources(result.scores, located, aggregation).sum(0), result.scores[:, :P].sum(0)
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -223,6 +264,7 @@ def evaluate_generation_methods(
     max_new_tokens: int = 32,
     method_options: dict[str, dict[str, Any]] | None = None,
     batch_tokens: int | None = None,
+    source_aggregation: str = "sum",
 ) -> GenerationReport:
     """Faithfulness of several methods on the same prompts, answers and ablations (see the module docstring).
 
@@ -231,23 +273,32 @@ def evaluate_generation_methods(
     or one list of strings / (start, end) spans per prompt. ``k``: the top-k drops (ints, or fractions of the
     sources). ``n_ablations``: random source subsets for the LDS (and ContextCite's ablation count unless
     ``method_options={"contextcite": {"n_ablations": ...}}``). ``method_options``: options per method (e.g.
-    ``{"integrated_gradients": {"n_steps": 16}}``). ``batch_tokens``: tokens per forward pass of the ablations.
-    Returns a :class:`~.report.GenerationReport` (``table()``, ``paired()``).
+    ``{"integrated_gradients": {"n_steps": 16}}``; keyed by a method, they apply to all its variants, keyed by a
+    variant such as ``"normxlogit (mean)"``, to that one). ``batch_tokens``: tokens per forward pass of the
+    ablations. ``source_aggregation``: ``"sum"`` (default) or ``"mean"`` of the token scores over a source's tokens,
+    for methods named without one; ``"<method> (mean)"`` / ``"<method> (sum)"`` in ``methods`` fixes it for that
+    entry, so both variants of a method can be scored in one report (see the module docstring).
+    Returns a :class:`~.report.GenerationReport` (``table()``, ``paired()``), keyed by the names in ``methods``.
     """
     methods = list(methods)
-    known = list_evaluation_methods()
-    unknown = [m for m in methods if m not in known]
-    if unknown or not methods or len(set(methods)) != len(methods):
-        raise ValueError(f"methods must be distinct names among {', '.join(known)}; got {methods}.")
-    method_options = {m: dict(o) for m, o in (method_options or {}).items()}
-    stray = set(method_options) - set(methods)
+    if not methods or len(set(methods)) != len(methods):
+        raise ValueError(f"methods must be distinct names among {', '.join(list_evaluation_methods())}; got "
+                         f"{methods}.")
+    plan = {m: method_variant(m, source_aggregation) for m in methods}  # name -> (method, aggregation)
+    if len(set(plan.values())) != len(plan):
+        raise ValueError(f"methods name the same method and aggregation twice: {methods} (with "
+                         f"source_aggregation={source_aggregation!r}).")
+    given = {m: dict(o) for m, o in (method_options or {}).items()}
+    stray = set(given) - set(methods) - {base for base, _ in plan.values()}
     if stray:
         raise ValueError(f"method_options for methods not evaluated: {', '.join(sorted(stray))}.")
-    for m in methods:
-        if m not in SOURCE_METHODS:
-            get_generation_method(m)
+    for base, _ in plan.values():
+        if base not in SOURCE_METHODS:
+            get_generation_method(base)
     if "contextcite" in methods:
-        method_options.setdefault("contextcite", {}).setdefault("n_ablations", n_ablations)
+        given.setdefault("contextcite", {}).setdefault("n_ablations", n_ablations)
+    method_options = {m: {**given.get(plan[m][0], {}), **(given.get(m, {}) if m != plan[m][0] else {})}
+                      for m in methods}
     ks = [float(x) if not float(x).is_integer() else int(x) for x in k]
     if any(x <= 0 or (not float(x).is_integer() and x >= 1) for x in ks):
         raise ValueError(f"k must hold positive ints (source counts) or fractions in (0, 1); got {list(k)}.")
@@ -262,11 +313,15 @@ def evaluate_generation_methods(
     curves: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for case in cases:
         masks = lds_masks(case, int(n_ablations), seed)
+        memo: dict = {}  # this prompt's token attributions, shared by the aggregations of one method
+        timed: dict[tuple, float] = {}
         for method in methods:
+            base, aggregation = plan[method]
+            key = (base, repr(sorted(method_options[method].items())))
             start = time.perf_counter()
-            s, u = method_scores(model, tokenizer, case, method, method_options.get(method, {}), seed=seed,
-                                 chat=chat, system_prompt=system_prompt)
-            seconds = time.perf_counter() - start
+            s, u = method_scores(model, tokenizer, case, base, method_options[method], seed=seed, chat=chat,
+                                 system_prompt=system_prompt, aggregation=aggregation or "sum", memo=memo)
+            seconds = timed.setdefault(key, time.perf_counter() - start)  # a shared attribution: its own time
             values, curve = measure(case, s, u, ks=ks, masks=masks, ratios=ratios)
             records[method].append({"method": method, "example": case.index, "n_sources": len(case.sources.texts),
                                     "prompt_tokens": len(case.prompt_ids), "answer_tokens": len(case.answer_ids),
@@ -275,9 +330,11 @@ def evaluate_generation_methods(
             curves[method] += [{"example": case.index, **c} for c in curve]
     meta = {"prompts": len(cases), "k": ks, "n_ablations": int(n_ablations), "seed": seed, "ratios": ratios,
             "chat": chat, "method_options": method_options, "sources": sources if isinstance(sources, str) else "given",
+            "source_aggregation": source_aggregation,
             "ablated_inputs_run": int(sum(c.scorer.computed for c in cases))}
     results = {m: GenerationFaithfulness(m, pd.DataFrame(records[m]), pd.DataFrame(curves[m]),
-                                         {**meta, "options": method_options.get(m, {})}) for m in methods}
+                                         {**meta, "options": method_options[m], "base_method": plan[m][0],
+                                          "source_aggregation": plan[m][1]}) for m in methods}
     return GenerationReport(results, meta)
 
 
@@ -292,12 +349,16 @@ def evaluate_generation(
     k: Sequence[float] = (1, 2, 3),
     n_ablations: int = 32,
     seed: int = 0,
+    source_aggregation: str = "sum",
     **options: Any,
 ) -> GenerationFaithfulness:
     """One method's faithfulness on ``prompts``: top-k drop, LDS, comprehensiveness and sufficiency of the answer's
-    log-probability when sources are deleted (see the module docstring). ``options``: ``ratios``, ``chat``,
-    ``system_prompt``, ``max_new_tokens``, ``batch_tokens`` and ``method_options`` of
-    :func:`evaluate_generation_methods`."""
+    log-probability when sources are deleted (see the module docstring). ``source_aggregation``: a source's score
+    is the ``"sum"`` (default: what an additive reading predicts for deleting the source, which the top-k drop and
+    the LDS test) or the ``"mean"`` (no length bias) of its tokens' scores; ``method`` may also name it, as in
+    ``"normxlogit (mean)"``. ``options``: ``ratios``, ``chat``, ``system_prompt``, ``max_new_tokens``,
+    ``batch_tokens`` and ``method_options`` of :func:`evaluate_generation_methods`."""
     report = evaluate_generation_methods(model, tokenizer, prompts, continuations, [method], sources=sources, k=k,
-                                         n_ablations=n_ablations, seed=seed, **options)
+                                         n_ablations=n_ablations, seed=seed, source_aggregation=source_aggregation,
+                                         **options)
     return report[method]

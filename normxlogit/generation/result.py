@@ -15,6 +15,7 @@ import pandas as pd
 
 from .citations import citation_html, source_matrix_html, token_offsets
 from .registry import GENERATION_METHODS
+from .sources import check_aggregation
 
 __all__ = ["GenerationAttribution"]
 
@@ -40,8 +41,9 @@ class GenerationAttribution:
 
     With sources (``explain_generation(..., sources=...)``): ``sources`` (their text), ``source_spans`` (their
     characters in ``prompt``), ``source_positions`` (their token positions), ``source_scores`` (G x S: each generated
-    token's scores summed over each source's tokens; see :mod:`normxlogit.generation.sources`) and
-    ``answer_offsets`` (each generated token's characters in ``generated_text``); :meth:`cite` ranks the sources.
+    token's scores aggregated over each source's tokens, by ``source_aggregation``: ``"sum"`` or ``"mean"``; see
+    :mod:`normxlogit.generation.sources`) and ``answer_offsets`` (each generated token's characters in
+    ``generated_text``); :meth:`cite` ranks the sources.
     """
 
     source_tokens: list[str]
@@ -61,6 +63,7 @@ class GenerationAttribution:
     source_positions: list[list[int]] | None = None
     source_scores: np.ndarray | None = None
     answer_offsets: list[tuple[int, int]] | None = None
+    source_aggregation: str = "sum"
 
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, dtype=np.float64)
@@ -83,6 +86,7 @@ class GenerationAttribution:
             if self.source_scores.shape != (G, S) or len(self.source_spans) != S or len(self.source_positions) != S:
                 raise ValueError(f"source_scores must be (generated, sources) = ({G}, {S}), with one span and one "
                                  f"list of positions per source; got {self.source_scores.shape}.")
+        check_aggregation(self.source_aggregation)
         if self.answer_offsets is not None:
             self.answer_offsets = [(int(a), int(b)) for a, b in self.answer_offsets]
 
@@ -113,7 +117,8 @@ class GenerationAttribution:
     def cite(self, span: tuple[int, int] | None = None) -> pd.DataFrame:
         """The sources ranked for the whole answer, or for the answer's character ``span`` = (start, end): columns
         ``source`` and ``score`` (the sum of ``source_scores`` over the generated tokens in the span, since the
-        answer's log-probability is the sum of its tokens'), indexed by the source's number, best first."""
+        answer's log-probability is the sum of its tokens'; each token's source score is the sum or the mean over
+        the source's tokens, by ``source_aggregation``), indexed by the source's number, best first."""
         scores = self._check_sources()[self.answer_steps(span)].sum(0)
         order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
         return pd.DataFrame({"source": [self.sources[j] for j in order], "score": scores[order]},
@@ -340,7 +345,8 @@ class GenerationAttribution:
             "target_probs": _json_floats(self.target_probs), "meta": self.meta,
         } | ({} if self.sources is None else {
             "sources": list(self.sources), "source_spans": [list(s) for s in self.source_spans],
-            "source_positions": self.source_positions, "source_scores": _json_floats(self.source_scores)}) | (
+            "source_positions": self.source_positions, "source_scores": _json_floats(self.source_scores),
+            "source_aggregation": self.source_aggregation}) | (
             {} if self.answer_offsets is None else {"answer_offsets": [list(o) for o in self.answer_offsets]})
 
     @classmethod

@@ -13,12 +13,19 @@ Sources must be non-empty and must not overlap. They map to prompt tokens by cha
 ``offset_mapping`` of a fast tokenizer): a token belongs to the source its characters overlap (to the one it
 overlaps most when it straddles a boundary). Removing a source deletes those tokens (:mod:`.ablation`).
 
-Token scores become source scores by the **sum** over the source's tokens (:func:`aggregate_sources`). A sum is
-what an additive reading of the scores predicts for deleting the whole source, which is how the scores are tested
-(top-k drop, LDS: the predicted effect of a set of kept sources is the sum of their scores); a mean would rank a
-one-token source with one strong token above a sentence whose every token matters, and would make a source's score
-depend on how finely the tokenizer cuts it rather than on what it contributes. The price: unsigned scores (norms,
-gradient norms) grow with a source's length.
+Token scores become source scores by an aggregation over the source's tokens (:func:`aggregate_sources`,
+``source_aggregation`` in :func:`~normxlogit.explain_generation` and :func:`~normxlogit.evaluate_generation`):
+
+- ``"sum"`` (the default): an additive reading of the scores predicts the effect of deleting a source as the sum of
+  its tokens' effects, and that is what the faithfulness measures test (top-k drop deletes whole sources; the LDS
+  predicts a set of kept sources by the sum of their scores). A sum also does not depend on how finely the tokenizer
+  cuts a source, and does not rank a one-token source with one strong token above a sentence whose every token
+  matters. The price: scores that are positive everywhere (norms, gradient norms, and NormXLogit and LogAt when
+  the head gives the answer a positive logit on every position) grow with a source's length, so the sum ranks long
+  sources first whatever they say.
+- ``"mean"``: the average over the source's tokens (the sum divided by the number of tokens). It corrects that
+  length bias (a short instruction among long reviews can come first), at the price of the additive reading: a mean
+  no longer predicts what deleting the whole source does.
 """
 
 from __future__ import annotations
@@ -33,11 +40,13 @@ from transformers import PreTrainedTokenizerBase
 
 from .prompts import prompt_text
 
-__all__ = ["PromptSources", "Sources", "aggregate_sources", "answer_offsets", "attach_sources", "locate_sources", "sentence_spans",
-           "source_spans"]
+__all__ = ["SOURCE_AGGREGATIONS", "PromptSources", "Sources", "aggregate_sources", "answer_offsets", "attach_sources",
+           "check_aggregation", "locate_sources", "sentence_spans", "source_spans"]
 
 #: ``"sentences"``, a list of strings found in the prompt, or a list of (start, end) character spans.
 Sources = Union[str, Sequence[str], Sequence[tuple[int, int]]]
+#: How token scores become a source's score: the sum over its tokens (the default) or their mean.
+SOURCE_AGGREGATIONS = ("sum", "mean")
 
 # A sentence ends at ., ! ? or … (closing quotes and brackets included) followed by white space, or at a line break.
 _END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s|$)|\n")
@@ -170,11 +179,24 @@ def locate_sources(tokenizer: PreTrainedTokenizerBase, prompt: str, sources: Sou
     return PromptSources([prompt[a:b] for a, b in spans], spans, positions, len(ids))
 
 
-def aggregate_sources(scores: np.ndarray, located: PromptSources) -> np.ndarray:
-    """Token scores (G, T) summed over each source's tokens: (G, S). NaN where a source token has no score."""
+def check_aggregation(aggregation: str) -> str:
+    """``aggregation`` if it is one of :data:`SOURCE_AGGREGATIONS`; a clear error otherwise."""
+    if not isinstance(aggregation, str) or aggregation not in SOURCE_AGGREGATIONS:
+        raise ValueError(f"source_aggregation must be one of {', '.join(map(repr, SOURCE_AGGREGATIONS))} (the sum or "
+                         f"the mean over a source's tokens), not {aggregation!r}.")
+    return aggregation
+
+
+def aggregate_sources(scores: np.ndarray, located: PromptSources, aggregation: str = "sum") -> np.ndarray:
+    """Token scores (G, T) aggregated over each source's tokens: (G, S), their ``"sum"`` or ``"mean"`` (the sum
+    divided by the source's token count; see the module docstring). NaN where a source token has no score."""
+    check_aggregation(aggregation)
     scores = np.asarray(scores, dtype=np.float64)
     members = located.membership(scores.shape[1]).astype(bool)
-    return np.stack([scores[:, m].sum(1) for m in members], axis=1) if len(members) else scores[:, :0]
+    if not len(members):
+        return scores[:, :0]
+    reduce = np.sum if aggregation == "sum" else np.mean
+    return np.stack([reduce(scores[:, m], axis=1) for m in members], axis=1)
 
 
 def answer_offsets(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], text: str) -> list[tuple[int, int]]:
@@ -186,12 +208,15 @@ def answer_offsets(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], text:
     return [(int(a), int(b)) for a, b in zip(starts, ends)]
 
 
-def attach_sources(result: Any, located: PromptSources, tokenizer: PreTrainedTokenizerBase) -> Any:
-    """Give a :class:`~.result.GenerationAttribution` its sources, their scores (:func:`aggregate_sources`) and the
-    answer's character offsets; returns the same object."""
+def attach_sources(result: Any, located: PromptSources, tokenizer: PreTrainedTokenizerBase,
+                   aggregation: str = "sum") -> Any:
+    """Give a :class:`~.result.GenerationAttribution` its sources, their scores (:func:`aggregate_sources` with
+    ``aggregation``, recorded as ``source_aggregation``) and the answer's character offsets; returns the same
+    object."""
     result.sources = list(located.texts)
     result.source_spans = list(located.spans)
     result.source_positions = [list(p) for p in located.positions]
-    result.source_scores = aggregate_sources(result.scores, located)
+    result.source_scores = aggregate_sources(result.scores, located, aggregation)
+    result.source_aggregation = aggregation
     result.answer_offsets = answer_offsets(tokenizer, result.generated_ids, result.generated_text)
     return result
