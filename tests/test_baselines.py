@@ -258,3 +258,20 @@ def test_ig_baseline_errors_say_what_to_use(make_tiny):
         nx.explain(model, tok, TEXTS[0], method="integrated_gradients_signed", baseline="blur")
     assert nx.get_method("grad_x_input_signed").signed and nx.get_method("integrated_gradients_signed").signed
     assert not nx.get_method("integrated_gradients").signed
+
+
+def test_ig_token_budget_shrinks_with_model_size():
+    """The automatic IG pass size follows activation memory: MiniLM's width x depth keeps the full budget, a model
+    7.5x larger (SmolLM2-135M: 576 x 30) gets about 7.5x fewer tokens per pass, never under 256."""
+    from types import SimpleNamespace
+
+    from normxlogit.methods.gradients import IG_TOKEN_BUDGET, ig_token_budget
+
+    def model(hidden: int, layers: int) -> SimpleNamespace:
+        return SimpleNamespace(config=SimpleNamespace(hidden_size=hidden, num_hidden_layers=layers))
+
+    assert ig_token_budget(model(384, 6)) == IG_TOKEN_BUDGET
+    assert ig_token_budget(model(128, 2)) == IG_TOKEN_BUDGET  # smaller models are not given more
+    assert ig_token_budget(model(576, 30)) == IG_TOKEN_BUDGET * 384 * 6 // (576 * 30)
+    assert ig_token_budget(model(8192, 80)) == 256
+    assert ig_token_budget(SimpleNamespace()) == IG_TOKEN_BUDGET

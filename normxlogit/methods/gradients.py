@@ -123,8 +123,23 @@ def raw_grad_x_input(batch: Batch) -> Tensor:
     return _attribute(batch, InputXGradient)
 
 
-#: ``internal_batch_size="auto"`` keeps each forward/backward pass of integrated gradients near this many tokens.
+#: ``internal_batch_size="auto"`` keeps each forward/backward pass of integrated gradients near this many tokens of
+#: a model of MiniLM's width times depth (384 x 6); a wider or deeper model gets proportionally fewer (see
+#: :func:`ig_token_budget`), since activation memory per token grows with both (SmolLM2-135M: 576 x 30, about
+#: 1.5 MB per token with its gradients, so 8,192 tokens took 12+ GB).
 IG_TOKEN_BUDGET = 8192
+_IG_REFERENCE_SIZE = 384 * 6
+
+
+def ig_token_budget(model) -> int:
+    """Tokens per integrated-gradients pass for ``model``: :data:`IG_TOKEN_BUDGET` scaled by MiniLM's hidden size x
+    layers over the model's (never more than the budget; at least 256)."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    size = (getattr(config, "hidden_size", 0) or 0) * (getattr(config, "num_hidden_layers", 0) or 0)
+    if size <= 0:
+        return IG_TOKEN_BUDGET
+    return max(256, min(IG_TOKEN_BUDGET, IG_TOKEN_BUDGET * _IG_REFERENCE_SIZE // size))
 
 
 def ig_baseline(batch: Batch, baseline: str = "zero") -> Tensor | float:
@@ -149,7 +164,7 @@ def raw_integrated_gradients(batch: Batch, n_steps: int = 50, internal_batch_siz
     """Integrated gradients in word-embedding space from ``baseline`` (see :func:`ig_baseline`), (B, T, E).
 
     ``internal_batch_size``: rows (examples x interpolation steps) per forward/backward pass. ``"auto"`` (default)
-    keeps a pass near :data:`IG_TOKEN_BUDGET` tokens (at least one step of every example); ``None`` runs all
+    keeps a pass near :func:`ig_token_budget` tokens (at least one step of every example); ``None`` runs all
     ``B * n_steps`` rows at once (captum's default, the paper's setting: fast on a large GPU, memory-hungry on long
     inputs); an int sets it. The result does not depend on it.
     """
@@ -157,7 +172,7 @@ def raw_integrated_gradients(batch: Batch, n_steps: int = 50, internal_batch_siz
         raise ValueError(f"n_steps must be at least 1, got {n_steps}.")
     if internal_batch_size == "auto":
         rows, length = batch.input_ids.shape
-        internal_batch_size = max(rows, IG_TOKEN_BUDGET // max(length, 1))
+        internal_batch_size = max(rows, ig_token_budget(batch.model) // max(length, 1))
     elif internal_batch_size is not None and (not isinstance(internal_batch_size, int) or internal_batch_size < 1):
         raise ValueError(f"internal_batch_size must be 'auto', None or an int of at least 1, got {internal_batch_size!r}.")
     return _attribute(batch, IntegratedGradients, baselines=ig_baseline(batch, baseline), n_steps=n_steps,
