@@ -19,7 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Measured on a shared 2-core CPU (book/teachers.md, "How long each chapter takes").
-TYPICAL_TRAINING = {"sst2": "4-5 min", "stsb": "about 5 min", "blimp": "about 9 min"}
+TYPICAL_TRAINING = {"sst2": "4-5 min", "stsb": "about 5 min", "blimp": "about 9 min", "sst2-smollm2": "about 10 min",
+                    "stsb-smollm2": "about 12 min"}
 
 
 def models_the_notebooks_load(paths) -> list[str]:
@@ -28,7 +29,7 @@ def models_the_notebooks_load(paths) -> list[str]:
     for path in paths:
         cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
         code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-        names += [n for n in re.findall(r"""pretrained\(\s*["'](\w+)["']""", code) if n not in names]
+        names += [n for n in re.findall(r"""pretrained\(\s*["']([\w-]+)["']""", code) if n not in names]
     return names
 
 
