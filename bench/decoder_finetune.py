@@ -74,24 +74,21 @@ def main() -> None:
                    desc=variant)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         model = merge_lora(model).eval()
-        if len(val) == 0:
-            print(f"{variant:6s} lr={lr:.0e} trainable={trainable / 1e6:6.2f}M  train={n} "
-                  f"cpu/example={cpu / n:.3f}s  wall={wall:.0f}s", flush=True)
-            records.append({"variant": variant, "lr": lr, "trainable_parameters": trainable, "train_examples": n,
-                            "cpu_seconds": round(cpu, 1), "wall_seconds": round(wall, 1)})
-            continue
-        with torch.inference_mode():
-            correct = 0
-            for i in range(0, len(val), 64):
-                rows = val[i : i + 64]
-                logits = model(**tok(list(rows["sentence"]), padding=True, return_tensors="pt")).logits
-                correct += int((logits.argmax(-1) == torch.tensor(list(rows["label"]))).sum())
-        print(f"{variant:6s} lr={lr:.0e} trainable={trainable / 1e6:6.2f}M  train={n} "
-              f"accuracy={correct / len(val):.3f} (n={len(val)})  cpu/example={cpu / n:.3f}s  "
-              f"wall={wall:.0f}s", flush=True)
-        records.append({"variant": variant, "lr": lr, "trainable_parameters": trainable, "train_examples": n,
-                        "cpu_seconds": round(cpu, 1), "wall_seconds": round(wall, 1),
-                        "accuracy": correct / len(val), "eval_examples": len(val)})
+        record = {"variant": variant, "lr": lr, "trainable_parameters": trainable, "train_examples": n,
+                  "cpu_seconds": round(cpu, 1), "wall_seconds": round(wall, 1)}
+        accuracy = ""
+        if len(val):  # --eval 0: cost only
+            with torch.inference_mode():
+                correct = 0
+                for i in range(0, len(val), 64):
+                    rows = val[i : i + 64]
+                    logits = model(**tok(list(rows["sentence"]), padding=True, return_tensors="pt")).logits
+                    correct += int((logits.argmax(-1) == torch.tensor(list(rows["label"]))).sum())
+            record.update(accuracy=correct / len(val), eval_examples=len(val))
+            accuracy = f"accuracy={correct / len(val):.3f} (n={len(val)})  "
+        print(f"{variant:6s} lr={lr:.0e} trainable={trainable / 1e6:6.2f}M  train={n} {accuracy}"
+              f"cpu/example={cpu / n:.3f}s  wall={wall:.0f}s", flush=True)
+        records.append(record)
     if args.out is not None:
         args.out.write_text(json.dumps({"budget_cpu_seconds": args.budget, "threads": args.threads,
                                         "cost_per_example_assumed": COST_PER_EXAMPLE, "records": records},

@@ -22,6 +22,17 @@ CITE_TEMPLATE = "{context}\n\nQuestion: {question}"
 DEFAULT_LLM = "SmolLM2-135M-Instruct"
 
 
+def _add_model_and_output_arguments(p: argparse.ArgumentParser) -> None:
+    """The options both commands share: which model and method, where it runs, and what is written where."""
+    p.add_argument("--model", default=DEFAULT_LLM, help="a local name (../shared/models, $NORMXLOGIT_MODELS), a "
+                   "hub id, a path or a .gguf file")
+    p.add_argument("--method", default="normxlogit", choices=list_generation_methods(), help="attribution method")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="load the model in this dtype")
+    p.add_argument("--device", help="run on this device (cpu, cuda, cuda:1...)")
+    p.add_argument("--format", default="text", choices=["text", "json", "html"], help="output format")
+    p.add_argument("-o", "--output", help="write to this file instead of standard output")
+
+
 def add_cli_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``explain-generation`` command to the ``normxlogit`` command's subparsers."""
     p = subparsers.add_parser(
@@ -30,21 +41,15 @@ def add_cli_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         description="Generate greedily (or teacher-force --continuation) and attribute every generated token to "
                     "every earlier token, from one forward pass.")
     p.add_argument("prompt", metavar="PROMPT", help="the prompt")
-    p.add_argument("--model", default=DEFAULT_LLM, help="a local name (../shared/models, $NORMXLOGIT_MODELS), a "
-                   "hub id, a path or a .gguf file")
+    _add_model_and_output_arguments(p)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     p.add_argument("--system", help="system prompt (with --chat)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate")
     p.add_argument("--continuation", help="attribute this continuation instead of generating")
-    p.add_argument("--method", default="normxlogit", choices=list_generation_methods(), help="attribution method")
     p.add_argument("--layer", type=int, default=-1, help="read the head on this layer (0..L, -1 = last)")
     p.add_argument("--norm-source", default="embedding_output", choices=list(NORM_SOURCES),
                    help="which vector's norm NormXLogit uses")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="load the model in this dtype")
-    p.add_argument("--device", help="run on this device (cpu, cuda, cuda:1...)")
-    p.add_argument("--format", default="text", choices=["text", "json", "html"], help="output format")
     p.add_argument("--step", type=int, default=0, help="html: the generated token whose view is open")
-    p.add_argument("-o", "--output", help="write to this file instead of standard output")
     add_cite_parser(subparsers)
     return p
 
@@ -58,20 +63,15 @@ def add_cite_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                     "and rank the context's sentences for it, from one forward pass.")
     p.add_argument("--context", required=True, help="a UTF-8 text file: the context; its sentences are the sources")
     p.add_argument("--question", required=True, help="the question or instruction about the context")
-    p.add_argument("--model", default=DEFAULT_LLM, help="a local name, a hub id, a path or a .gguf file")
+    _add_model_and_output_arguments(p)
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="wrap the prompt in the tokenizer's chat template (default: when it has one)")
     p.add_argument("--system", help="system prompt (with the chat template)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="tokens to generate")
     p.add_argument("--continuation", help="cite for this answer instead of generating one")
-    p.add_argument("--method", default="normxlogit", choices=list_generation_methods(), help="attribution method")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="load the model in this dtype")
-    p.add_argument("--device", help="run on this device (cpu, cuda, cuda:1...)")
-    p.add_argument("--format", default="text", choices=["text", "json", "html"], help="output format")
     p.add_argument("--source-aggregation", default="sum", choices=list(SOURCE_AGGREGATIONS),
                    help="a source's score: the sum of its tokens' scores (default) or their mean (no length bias)")
     p.add_argument("--top", type=int, default=5, help="text: how many sources to list")
-    p.add_argument("-o", "--output", help="write to this file instead of standard output")
     return p
 
 
