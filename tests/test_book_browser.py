@@ -255,11 +255,12 @@ for (const img of document.images) {
     squashed.push(`${describe(img)}: shown ${Math.round(r.width)}x${Math.round(r.height)} px, ` +
                   `${(100 * shown / natural).toFixed(0)}% of its natural aspect ratio`);
 }
-// Table cells never wrap inside a number or a word: each word's glyphs sit on one line. A word is a run of letters
-// and digits (with inner . , ' as in 0.245 or 1,500, and a leading minus sign); lines may break between words
-// and after a hyphen or slash inside a compound ("leave-one-out", "SST-2").
+// Table cells never wrap inside a number or a word: each word's glyphs sit on one line. A word is a number in
+// scientific notation (5e-04, whose hyphen a browser would break after) or a run of letters and digits (with inner
+// . , ' as in 0.245 or 1,500, and a leading sign); lines may break between words and after a hyphen or slash
+// inside a compound ("leave-one-out", "SST-2").
 const broken = [];
-const word = /(?<![\p{L}\p{N}])[-−]?[\p{L}\p{N}]+(?:[.,'’][\p{L}\p{N}]+)*/gu;
+const word = /(?<![\p{L}\p{N}])(?:[-−+]?\d+(?:[.,]\d+)*[eE][-−+]?\d+|[-−+]?[\p{L}\p{N}]+(?:[.,'’][\p{L}\p{N}]+)*)/gu;
 for (const cell of document.querySelectorAll('.bd-article td, .bd-article th')) {
   const cs = getComputedStyle(cell);
   if (!cell.checkVisibility()) continue;  // inside a folded solution or a closed <details>
