@@ -20,6 +20,7 @@ and ``rubric.md`` for the three-star written exercises of every chapter: the exe
 from __future__ import annotations
 
 import argparse
+import ast
 import base64
 import re
 import sys
@@ -80,6 +81,44 @@ def _plain(markdown: str) -> str:
     return re.sub(r"[ \t]+", " ", text).strip()
 
 
+_GLUE = re.compile(r"\{glue(?::text)?\}`(?P<name>[^`:]+)(?::(?P<spec>[^`]*))?`")
+
+
+def _glued(nb) -> dict[str, str]:
+    """The values a chapter glues (myst-nb's ``glue``): name -> its text/plain repr, from the executed outputs."""
+    values = {}
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            name = out.get("metadata", {}).get("scrapbook", {}).get("name")
+            data = out.get("data", {})
+            text = data.get("application/papermill.record/text/plain", data.get("text/plain"))
+            if name and text is not None:
+                values[name] = "".join(text)
+    return values
+
+
+def _paste(markdown: str, values: dict[str, str]) -> str:
+    """``{glue:text}`name:fmt``` replaced by the run's value, formatted as myst-nb does; unknown names become "…"."""
+    def one(match: re.Match) -> str:
+        if match["name"] not in values:
+            return "…"
+        text = values[match["name"]]
+        try:
+            value = ast.literal_eval(text)
+        except (SyntaxError, ValueError):
+            value = text
+        spec = match["spec"] or ""
+        try:
+            if spec[-1:] in ("e", "E", "f", "F", "g", "G", "n", "%"):
+                value = float(value)
+            elif spec[-1:] in ("d",):
+                value = int(value)
+            return format(value, spec)
+        except (TypeError, ValueError):
+            return str(value)
+    return _GLUE.sub(one, markdown)
+
+
 def _first_sentences(markdown: str, count: int = 2) -> str:
     """The first ``count`` sentences of the first prose paragraph (not a heading, table, fence or formula)."""
     for paragraph in re.split(r"\n\s*\n", markdown):
@@ -115,12 +154,13 @@ def chapter_outline(path: str | Path) -> Outline:
     """Read one chapter: its title, opening paragraph, run-time note, sections, figures, timings and exercises."""
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
+    glued = _glued(nb)  # the prose's {glue:text} numbers, as the built book shows them
     title, opening, run_time = path.stem, "", ""
     sections: list[Section] = []
     exercises: dict[str, Exercise] = {}
     for number, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown":
-            source = cell.source
+            source = _paste(cell.source, glued)
             for match in _EXERCISE.finditer(source):
                 exercises[match["label"]] = Exercise(match["label"], _plain(match["title"]), _stars(match["title"]),
                                                      _plain(match["body"]))

@@ -83,3 +83,26 @@ def test_the_books_kit_covers_every_chapter_and_every_three_star_exercise(tmp_pa
         for title in re.findall(r"\{exercise\}\s*(.*?\(★★★\))", path.read_text()):
             assert teaching._plain(title.replace('\\"', '"')) in rubric, title
     assert (tmp_path / "03_head_on_top" / "figures").is_dir()
+
+
+def test_glued_numbers_are_pasted_as_the_book_shows_them(tmp_path):
+    """{glue:text} roles become the run's values (formatted as myst-nb formats them), never raw roles."""
+    from myst_nb import glue
+    from IPython.core.interactiveshell import InteractiveShell
+
+    nb = nbformat.v4.new_notebook()
+    code = nbformat.v4.new_code_cell("glue(...)")
+    shell = InteractiveShell.instance()
+    captured = []
+    shell.display_pub.publish = lambda data, metadata=None, **kw: captured.append((data, metadata))
+    for name, value in (("margin", 0.11818), ("n", 400), ("reading", "higher")):
+        glue(name, value, display=False)
+    code.outputs = [nbformat.v4.new_output("display_data", data=data, metadata=meta) for data, meta in captured]
+    nb.cells = [nbformat.v4.new_markdown_cell("# T\n\nOpening."),
+                nbformat.v4.new_markdown_cell("## 1. Result\n\nA margin of {glue:text}`margin:+.3f` over "
+                                              "{glue:text}`n` sentences, {glue:text}`reading`; {glue}`missing`."),
+                code]
+    nbformat.write(nb, tmp_path / "01_t.ipynb")
+    outline = teaching.chapter_outline(tmp_path / "01_t.ipynb")
+    text = "".join(outline.sections[0].text)
+    assert "A margin of +0.118 over 400 sentences, higher; …." in text and "{glue" not in text
