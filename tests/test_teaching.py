@@ -85,7 +85,7 @@ def test_the_books_kit_covers_every_chapter_and_every_three_star_exercise(tmp_pa
     assert (tmp_path / "03_head_on_top" / "figures").is_dir()
 
 
-def test_glued_numbers_are_pasted_as_the_book_shows_them(tmp_path):
+def test_glued_numbers_are_pasted_as_the_book_shows_them(tmp_path, monkeypatch):
     """{glue:text} roles become the run's values (formatted as myst-nb formats them), never raw roles."""
     from myst_nb import glue
     from IPython.core.interactiveshell import InteractiveShell
@@ -94,7 +94,8 @@ def test_glued_numbers_are_pasted_as_the_book_shows_them(tmp_path):
     code = nbformat.v4.new_code_cell("glue(...)")
     shell = InteractiveShell.instance()
     captured = []
-    shell.display_pub.publish = lambda data, metadata=None, **kw: captured.append((data, metadata))
+    # glue() publishes a display_data output; capture it as a kernel would write it into the notebook
+    monkeypatch.setattr(shell.display_pub, "publish", lambda data, metadata=None, **kw: captured.append((data, metadata)))
     for name, value in (("margin", 0.11818), ("n", 400), ("reading", "higher")):
         glue(name, value, display=False)
     code.outputs = [nbformat.v4.new_output("display_data", data=data, metadata=meta) for data, meta in captured]
