@@ -20,7 +20,6 @@ and ``rubric.md`` for the three-star written exercises of every chapter: the exe
 from __future__ import annotations
 
 import argparse
-import ast
 import base64
 import re
 import sys
@@ -98,24 +97,16 @@ def _glued(nb) -> dict[str, str]:
 
 
 def _paste(markdown: str, values: dict[str, str]) -> str:
-    """``{glue:text}`name:fmt``` replaced by the run's value, formatted as myst-nb does; unknown names become "…"."""
+    """``{glue:text}`name:fmt``` replaced by the run's value, formatted by myst-nb itself; unknown names become "…"."""
+    from myst_nb.core.variables import format_plain_text  # the book's toolchain (jupyter-book), used only here
+
     def one(match: re.Match) -> str:
         if match["name"] not in values:
             return "…"
-        text = values[match["name"]]
         try:
-            value = ast.literal_eval(text)
-        except (SyntaxError, ValueError):
-            value = text
-        spec = match["spec"] or ""
-        try:
-            if spec[-1:] in ("e", "E", "f", "F", "g", "G", "n", "%"):
-                value = float(value)
-            elif spec[-1:] in ("d",):
-                value = int(value)
-            return format(value, spec)
+            return format_plain_text(values[match["name"]], match["spec"] or "")
         except (TypeError, ValueError):
-            return str(value)
+            return values[match["name"]]
     return _GLUE.sub(one, markdown)
 
 
