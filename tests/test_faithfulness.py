@@ -283,6 +283,28 @@ def test_paper_comparison_and_special_tokens_ranked_first(make_tiny):
         paper_comparison([clean], "mnli")
 
 
+def test_paper_comparison_ranks_ties_as_ties_over_the_papers_methods():
+    from types import SimpleNamespace
+
+    from normxlogit.studies.paper import PAPER_COMPREHENSIVENESS, paper_comparison
+
+    paper = PAPER_COMPREHENSIVENESS["sst2"]
+    ours = {m: 0.1 + 0.01 * i for i, m in enumerate(paper)}  # distinct, increasing
+    ours["logat"], ours["normxlogit"] = 0.9001, 0.9004  # equal to three decimals: a tie for first
+    results = [SimpleNamespace(method=m, protocol="clean", aopc={"comprehensiveness_cd": v})
+               for m, v in {**ours, "leave_one_out": 0.95, "integrated_gradients_signed": 0.97}.items()]
+    table = paper_comparison(results, "sst2")
+    assert list(table.index) == list(paper)  # methods the paper does not have are left out
+    assert table.loc[["logat", "normxlogit"], "ours (clean) rank"].tolist() == [1, 1]
+    assert table["ours (clean) rank"].max() == len(paper)  # the next method is third, not 2.5
+    # The paper's LLaMA-2 column ties LogAt and NormXLogit at .341 for first: both rank 1, none 1.5.
+    llama = table["paper llama2 rank"]
+    assert llama["logat"] == llama["normxlogit"] == 1 and set(llama.dropna()) <= set(range(1, 9))
+    assert llama.isna().sum() == 1 and np.isnan(llama["decompx"])  # DecompX was run on BERT only
+    with pytest.raises(ValueError, match="none of the methods"):
+        paper_comparison(results[-1:], "sst2")
+
+
 def test_perturbation_table_shows_what_the_model_sees():
     from normxlogit.evaluation.perturbation import perturbation_table
     import transformers as tf

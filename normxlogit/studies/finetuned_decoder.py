@@ -28,7 +28,7 @@ from ..core.explain import attribute, explain
 from ..core.inputs import encode
 from ..evaluation.faithfulness import evaluate, model_fingerprint
 from ..evaluation.results import METRICS, FaithfulnessResult, paired_difference
-from .paper import PAPER_COMPREHENSIVENESS
+from .paper import PAPER_COMPREHENSIVENESS, ranks
 
 #: Methods of the like-for-like measurement (the paper's Table 2 rows that run on a decoder, plus leave-one-out).
 METHODS: tuple[str, ...] = ("random", "norm", "logat", "normxlogit", "gradient_norm", "grad_x_input",
@@ -128,11 +128,6 @@ def interval_table(
     frame = pd.DataFrame(rows).T
     frame.index.name = "method"
     return frame
-
-
-def ranks(values: pd.Series, higher_is_better: bool, decimals: int = 3) -> pd.Series:
-    """1 = best; values equal to ``decimals`` places share the best rank of their group (ties as ties)."""
-    return values.round(decimals).rank(ascending=not higher_is_better, method="min")
 
 
 def paper_ranks(results: Mapping[str, FaithfulnessResult], dataset: str, model: str = "llama2") -> pd.DataFrame:

@@ -36,26 +36,41 @@ PAPER_COMPREHENSIVENESS: dict[str, dict[str, dict[str, float]]] = {
 }
 
 
+def ranks(values: pd.Series, higher_is_better: bool, decimals: int = 3) -> pd.Series:
+    """1 = best; values equal to ``decimals`` places share the best rank of their group (ties as ties).
+
+    The paper prints three decimals, so two methods it shows as equal are tied, and a tie for first place gives two
+    1s (pandas' ``method="min"``), not two 1.5s that print as 2 and leave the column without a first. NaN stays NaN.
+    """
+    return values.round(decimals).rank(ascending=not higher_is_better, method="min")
+
+
 def paper_comparison(results: Sequence[FaithfulnessResult], dataset: Literal["sst2", "stsb"]) -> pd.DataFrame:
     """Our comprehensiveness AOPC per method and protocol beside the paper's BERT, DeBERTa and LLaMA-2 figures.
 
     SST-2 compares the confidence drop (higher is better); STS-B the Pearson r of the perturbed predictions with gold
-    (the paper's "Comp_Acc", lower is better). Rank columns rank the methods within each column (1 = best).
+    (the paper's "Comp_Acc", lower is better). Only the methods of the paper's table are kept (leave-one-out, the
+    signed gradient variants and any other method are left out), so that our ranks and the paper's rank the same
+    methods. Rank columns rank the methods within each column (1 = best; :func:`ranks`: ties as ties).
     """
     if dataset not in PAPER_COMPREHENSIVENESS:
         raise ValueError(f"dataset must be one of {', '.join(PAPER_COMPREHENSIVENESS)}, not {dataset!r}.")
     metric = "comprehensiveness_cd" if dataset == "sst2" else "comprehensiveness_pearson"
     higher = METRICS[metric].higher_is_better
     table: dict[str, dict[str, float]] = {}
-    for r in results:
-        table.setdefault(r.method, {})[f"ours ({r.protocol})"] = r.aopc[metric]
-    frame = pd.DataFrame(table).T
     paper = PAPER_COMPREHENSIVENESS[dataset]
+    for r in results:
+        if r.method not in paper:
+            continue
+        table.setdefault(r.method, {})[f"ours ({r.protocol})"] = r.aopc[metric]
+    if not table:
+        raise ValueError(f"none of the methods is in the paper's table ({', '.join(paper)}).")
+    frame = pd.DataFrame(table).T
     for model in ("bert", "deberta", "llama2"):
-        frame[f"paper {model}"] = [paper.get(m, {}).get(model, np.nan) for m in frame.index]
-    ranks = frame.rank(ascending=not higher).add_suffix(" rank")
+        frame[f"paper {model}"] = [paper[m].get(model, np.nan) for m in frame.index]
+    ranked = frame.apply(lambda column: ranks(column, higher)).add_suffix(" rank")
     frame.index.name = "method"
-    return frame.join(ranks)
+    return frame.join(ranked)
 
 
 #: Mean AP by layer 1..12 for fine-tuned RoBERTa-base (DESIGN.md section 5; random is about .29 at every layer).
