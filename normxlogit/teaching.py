@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import nbformat
 
@@ -83,17 +83,21 @@ def _plain(markdown: str) -> str:
 _GLUE = re.compile(r"\{glue(?::text)?\}`(?P<name>[^`:]+)(?::(?P<spec>[^`]*))?`")
 
 
-def _glued(nb) -> dict[str, str]:
-    """The values a chapter glues (myst-nb's ``glue``): name -> its text/plain repr, from the executed outputs."""
-    values = {}
+def _glue_outputs(nb) -> Iterator[tuple[str, str | None]]:
+    """Each output a chapter glues (myst-nb's ``glue``), in order: its name and text/plain repr (None if it has none).
+    A key glued twice appears twice."""
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             name = out.get("metadata", {}).get("scrapbook", {}).get("name")
             data = out.get("data", {})
             text = data.get("application/papermill.record/text/plain", data.get("text/plain"))
-            if name and text is not None:
-                values[name] = "".join(text)
-    return values
+            if name:
+                yield name, None if text is None else "".join(text)
+
+
+def _glued(nb) -> dict[str, str]:
+    """The values a chapter glues: name -> its text/plain repr, from the executed outputs."""
+    return {name: text for name, text in _glue_outputs(nb) if text is not None}
 
 
 def _paste(markdown: str, values: dict[str, str]) -> str:

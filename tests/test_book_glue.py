@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from normxlogit.teaching import _GLUE, _glued
+from normxlogit.teaching import _GLUE, _glue_outputs, _glued
 
 format_plain_text = pytest.importorskip("myst_nb.core.variables").format_plain_text
 
@@ -37,16 +37,10 @@ def test_the_check_sees_a_missing_key(tmp_path):
     assert _roles(nb) == [("drop", ".3f")] and _glued(nb) == {}
 
 
-def _glue_names(nb) -> list[str]:
-    """Every key a chapter's outputs glue, once per glue call (a key glued twice appears twice)."""
-    return [out["metadata"]["scrapbook"]["name"] for cell in nb.cells for out in cell.get("outputs", [])
-            if "name" in out.get("metadata", {}).get("scrapbook", {})]
-
-
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_no_key_is_glued_twice(path: Path):
     # myst-nb warns "glue key ... duplicate" and the prose shows whichever value it met last.
-    names = _glue_names(nbformat.read(path, as_version=4))
+    names = [name for name, _ in _glue_outputs(nbformat.read(path, as_version=4))]
     twice = sorted({n for n in names if names.count(n) > 1})
     assert not twice, f"{path.name}: {twice} glued in more than one output; give each a name of its own"
 
@@ -57,4 +51,4 @@ def test_the_check_sees_a_key_glued_twice():
                                       metadata={"scrapbook": {"name": name}})
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(outputs=[glued("a")]),
                                          nbformat.v4.new_code_cell(outputs=[glued("a"), glued("b")])])
-    assert _glue_names(nb) == ["a", "a", "b"]
+    assert [name for name, _ in _glue_outputs(nb)] == ["a", "a", "b"] and _glued(nb) == {"a": "1", "b": "1"}
