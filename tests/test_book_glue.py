@@ -4,6 +4,7 @@ silent "…" or a build warning on the published page."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import nbformat
@@ -32,7 +33,7 @@ def test_every_glued_number_in_the_prose_comes_from_the_committed_run(path: Path
         format_plain_text(values[name], spec)  # raises on a spec that does not fit the value
 
 
-def test_the_check_sees_a_missing_key(tmp_path):
+def test_the_check_sees_a_missing_key():
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("A drop of {glue:text}`drop:.3f`.")])
     assert _roles(nb) == [("drop", ".3f")] and _glued(nb) == {}
 
@@ -40,8 +41,8 @@ def test_the_check_sees_a_missing_key(tmp_path):
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_no_key_is_glued_twice(path: Path):
     # myst-nb warns "glue key ... duplicate" and the prose shows whichever value it met last.
-    names = [name for name, _ in _glue_outputs(nbformat.read(path, as_version=4))]
-    twice = sorted({n for n in names if names.count(n) > 1})
+    counts = Counter(name for name, _ in _glue_outputs(nbformat.read(path, as_version=4)))
+    twice = sorted(name for name, n in counts.items() if n > 1)
     assert not twice, f"{path.name}: {twice} glued in more than one output; give each a name of its own"
 
 
